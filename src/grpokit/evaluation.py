@@ -1,0 +1,101 @@
+"""Held-out evaluation: sampled pass@1, pass@k, maj@k, greedy accuracy, format rate, length.
+
+Each problem (a row with ``prompt`` and ``answer``) gets ``num_samples`` (k) completions at the
+sampling temperature and one greedy completion. A completion is correct when the text in its
+``<answer>`` tags matches ``answer``:
+
+- ``pass@1`` — the mean over problems of (correct samples / k): sampled accuracy (R1 §3);
+- ``pass@k`` — the unbiased estimator of Chen et al. (2021) with n = k;
+- ``maj@k`` — the majority-voted answer of the k samples is correct (self-consistency);
+- ``greedy_accuracy`` — the greedy completion is correct;
+- ``format_rate`` and ``mean_completion_length`` — over the sampled completions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from grpokit.config import EvalConfig
+from grpokit.data import render_prompt
+from grpokit.evaluation_math import maj_at_k, mean_pass_at_k
+from grpokit.monitoring import progress_bar
+from grpokit.rewards.rules import answers_match, extract_answer, is_well_formatted
+from grpokit.rollout import SamplingParams, generate
+
+
+def sample_texts(model, tokenizer, prompts: list, group_size: int, params: SamplingParams,
+                 batch_prompts: int, generator: torch.Generator, on_batch=None):
+    """``group_size`` completions (texts, token counts) for each prompt, in prompt order."""
+    ids = [tokenizer(render_prompt(p, tokenizer), add_special_tokens=False)["input_ids"]
+           for p in prompts]
+    texts, lengths = [], []
+    for start in range(0, len(ids), batch_prompts):
+        rollout = generate(model, ids[start : start + batch_prompts], group_size, params,
+                           tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+        texts += tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        lengths += rollout.completion_lengths().tolist()
+        if on_batch:
+            on_batch(min(batch_prompts, len(ids) - start))
+    return texts, lengths
+
+
+def score_problems(texts: list[str], greedy: list[str], answers: list, k: int) -> dict:
+    """Aggregate the metrics from k sampled texts per problem and one greedy text each.
+
+    >>> ok, bad = "<reasoning>r</reasoning><answer>3</answer>", "<answer>4</answer>"
+    >>> m = score_problems([ok, bad, bad, bad], [ok, bad], ["3", "3"], k=2)
+    >>> m["pass@1"], m["pass@k"], m["maj@k"], m["greedy_accuracy"], m["format_rate"]
+    (0.25, 0.5, 0.5, 0.5, 0.25)
+    """
+    per_problem, majority = [], []
+    for i, answer in enumerate(answers):
+        group = texts[i * k : (i + 1) * k]
+        correct = [answers_match(extract_answer(t), answer) for t in group]
+        per_problem.append((k, sum(correct)))
+        majority.append(maj_at_k([extract_answer(t) for t in group], correct))
+    return {
+        "pass@1": mean_pass_at_k(per_problem, 1),
+        "pass@k": mean_pass_at_k(per_problem, k),
+        "maj@k": sum(majority) / len(majority),
+        "greedy_accuracy": sum(answers_match(extract_answer(t), a)
+                               for t, a in zip(greedy, answers)) / len(answers),
+        "format_rate": sum(map(is_well_formatted, texts)) / len(texts),
+        "k": k,
+        "num_problems": len(answers),
+    }
+
+
+def evaluate(model, tokenizer, rows: list[dict], cfg: EvalConfig, show_progress: bool = True,
+             samples_path: Path | None = None) -> dict:
+    """Evaluate ``model`` on ``rows`` (``prompt``, ``answer``); optionally write every sample."""
+    rows = rows[: cfg.num_problems]
+    prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    sampled = SamplingParams(cfg.max_completion_length, cfg.temperature, cfg.top_p)
+    greedy_params = SamplingParams(cfg.max_completion_length, temperature=0.0)
+    with progress_bar("eval", disable=not show_progress) as bar:
+        task = bar.add_task("eval", total=2 * len(rows), status=f"k={cfg.num_samples}")
+        advance = lambda n: bar.update(task, advance=n)  # noqa: E731
+        texts, lengths = sample_texts(model, tokenizer, prompts, cfg.num_samples, sampled,
+                                      cfg.batch_prompts, generator, advance)
+        greedy, _ = sample_texts(model, tokenizer, prompts, 1, greedy_params,
+                                 cfg.batch_prompts, generator, advance)
+    metrics = score_problems(texts, greedy, answers, cfg.num_samples)
+    metrics["mean_completion_length"] = sum(lengths) / len(lengths)
+    if samples_path is not None:
+        write_samples(samples_path, rows, texts, greedy, cfg.num_samples)
+    return metrics
+
+
+def write_samples(path: Path, rows: list[dict], texts: list[str], greedy: list[str], k: int) -> None:
+    """One JSON line per problem: prompt, answer, the k samples and the greedy completion."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i, row in enumerate(rows):
+            record = {"prompt": row["prompt"], "answer": row["answer"],
+                      "samples": texts[i * k : (i + 1) * k], "greedy": greedy[i]}
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,415 @@
+"""Calling reward functions the TRL way, and a name -> function registry.
+
+A reward function has the TRL signature ``fn(prompts, completions, **kwargs) ->
+list[float | None]``: one reward per completion, ``None`` meaning "this reward
+does not apply to this sample". :func:`score_completions` calls each function with
+
+- ``prompts``: one per completion (each row's prompt repeated for its G completions),
+- ``completions``: strings, or ``[{"role": "assistant", "content": text}]`` when
+  that sample's prompt is a chat-message list,
+- ``completion_ids``: list of token-id lists,
+- every extra dataset column, one value per completion,
+- ``trainer_state`` when the caller passes one.
+
+>>> def length(prompts, completions, **kwargs):
+...     return [float(len(c)) for c in completions]
+>>> def exact(prompts, completions, answer, **kwargs):
+...     return [1.0 if c == a else None for c, a in zip(completions, answer)]
+>>> batch = score_completions([length, exact], prompts=["2+2="], completions=["4", "five"],
+...                           completion_ids=[[4], [9, 9]], columns={"answer": ["4"]})
+>>> batch.names
+['length', 'exact']
+>>> batch.per_func
+tensor([[1., 1.],
+        [4., nan]])
+>>> batch.total
+tensor([2., 4.])
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import numbers
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from grpokit.data import is_conversational
+
+__all__ = [
+    "REWARD_REGISTRY",
+    "RewardBatch",
+    "RewardFunc",
+    "RewardFunctionError",
+    "register_reward",
+    "resolve_reward",
+    "reward_metrics",
+    "reward_name",
+    "score_completions",
+]
+
+RewardFunc = Callable[..., Sequence[float | None]]
+
+#: Registered reward functions by name; fill it with :func:`register_reward`.
+REWARD_REGISTRY: dict[str, RewardFunc] = {}
+
+_RESERVED_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state")
+
+
+class RewardFunctionError(ValueError):
+    """A reward function returned something other than one finite number/None per completion."""
+
+
+@dataclass
+class RewardBatch:
+    """Rewards for N completions from F reward functions.
+
+    Attributes:
+        per_func: ``(N, F)`` float32; NaN where a function returned None.
+        total: ``(N,)`` float32; ``nansum`` over functions of ``weight * reward``.
+            A completion for which every function returned None gets total 0.
+        names: the F function names, in column order.
+    """
+
+    per_func: torch.Tensor  # [N, F]
+    total: torch.Tensor  # [N]
+    names: list[str]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score_completions(
+    reward_funcs: Sequence[RewardFunc | str] | RewardFunc,
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    completion_ids: Sequence[Sequence[int]],
+    columns: dict[str, Sequence[Any]] | None = None,
+    weights: Sequence[float] | None = None,
+    trainer_state: dict | None = None,
+) -> RewardBatch:
+    """Call every reward function on N completions and combine the results.
+
+    Completions must be grouped by prompt: those of prompt ``i`` are contiguous.
+    ``prompts`` and each ``columns`` list hold either one value per completion
+    (length N) or one value per prompt (length N / G); in the second case each
+    value is repeated G times, as TRL does.
+
+    Args:
+        reward_funcs: callables (or names for :func:`resolve_reward`), or one callable.
+        prompts: strings or chat-message lists.
+        completions: generated texts, N of them.
+        completion_ids: N token-id lists.
+        columns: extra dataset columns, passed to every function as keywords.
+        weights: one per function; default all 1.0.
+        trainer_state: optional dict passed as the ``trainer_state`` keyword.
+
+    Returns:
+        A :class:`RewardBatch`.
+    """
+    funcs = _as_func_list(reward_funcs)
+    names = _unique_names([reward_name(f) for f in funcs])
+    weight_tensor = _check_weights(weights, names)
+    kwargs = _build_kwargs(prompts, completions, completion_ids, columns or {})
+    if trainer_state is not None:
+        kwargs["trainer_state"] = trainer_state
+    columns_out = [_call_one(f, name, kwargs) for f, name in zip(funcs, names)]  # F lists of N
+    per_func = torch.tensor(columns_out, dtype=torch.float32).reshape(len(funcs), -1).T  # [N, F]
+    total = torch.nansum(per_func * weight_tensor, dim=1)  # [N]; all-None rows -> 0
+    return RewardBatch(per_func=per_func, total=total, names=names)
+
+
+def _as_func_list(reward_funcs: Any) -> list[RewardFunc]:
+    """Normalize the ``reward_funcs`` argument to a non-empty list of callables."""
+    if callable(reward_funcs) or isinstance(reward_funcs, str):
+        reward_funcs = [reward_funcs]
+    funcs = [resolve_reward(f) for f in reward_funcs]
+    if not funcs:
+        raise ValueError("score_completions: reward_funcs is empty; expected at least one reward function")
+    return funcs
+
+
+def reward_name(fn: Any) -> str:
+    """``fn.__name__``, or the class name for callable objects.
+
+    >>> reward_name(len), reward_name(functools.partial(len))
+    ('len', 'len')
+    """
+    if isinstance(fn, functools.partial):
+        return reward_name(fn.func)
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Suffix repeated names with ``_2``, ``_3``... so metric keys do not collide.
+
+    >>> _unique_names(["acc", "fmt", "acc"])
+    ['acc', 'fmt', 'acc_2']
+    """
+    counts: dict[str, int] = {}
+    unique = []
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+        unique.append(name if counts[name] == 1 else f"{name}_{counts[name]}")
+    return unique
+
+
+def _check_weights(weights: Sequence[float] | None, names: list[str]) -> torch.Tensor:
+    """Return weights as a ``(F,)`` tensor, checking count and finiteness."""
+    if weights is None:
+        return torch.ones(len(names))
+    weights = list(weights)
+    if len(weights) != len(names):
+        raise ValueError(
+            f"score_completions: got {len(weights)} weights for {len(names)} reward functions "
+            f"({', '.join(names)}); give one weight per reward function"
+        )
+    for name, w in zip(names, weights):
+        if not _is_number(w) or not math.isfinite(float(w)):
+            raise ValueError(f"score_completions: weight for '{name}' is {w!r} ({type(w).__name__}); expected a finite number")
+    return torch.tensor([float(w) for w in weights])
+
+
+def _build_kwargs(prompts, completions, completion_ids, columns) -> dict[str, list]:
+    """Per-completion keyword lists, with prompts/columns repeated per completion."""
+    n = len(completions)
+    if len(completion_ids) != n:
+        raise ValueError(f"score_completions: {n} completions but {len(completion_ids)} completion_ids; expected equal lengths")
+    group = _group_size(len(prompts), n, "prompts")
+    prompts = [p for p in prompts for _ in range(group)]
+    kwargs = {
+        "prompts": prompts,
+        "completions": [_wrap(c, p) for c, p in zip(completions, prompts)],
+        "completion_ids": [list(ids) for ids in completion_ids],
+    }
+    for key, values in columns.items():
+        if key in _RESERVED_KWARGS:
+            raise ValueError(f"score_completions: dataset column '{key}' clashes with the reward keyword '{key}'; rename the column")
+        if len(values) != len(prompts) // group:
+            raise ValueError(
+                f"score_completions: column '{key}' has {len(values)} values; expected one per prompt "
+                f"({len(prompts) // group}) to match 'prompts'"
+            )
+        kwargs[key] = [v for v in values for _ in range(group)]
+    return kwargs
+
+
+def _group_size(num_prompts: int, num_completions: int, what: str) -> int:
+    """Completions per prompt, G, so that ``num_prompts * G == num_completions``."""
+    if num_prompts == 0 or num_completions % num_prompts != 0:
+        raise ValueError(
+            f"score_completions: {num_completions} completions but {num_prompts} {what}; expected "
+            f"one prompt per completion or per group of completions (N a multiple of the prompt count)"
+        )
+    return num_completions // num_prompts
+
+
+def _wrap(completion: Any, prompt: Any) -> Any:
+    """A string completion for a chat prompt becomes one assistant message."""
+    if isinstance(completion, str) and is_conversational(prompt):
+        return [{"role": "assistant", "content": completion}]
+    return completion
+
+
+def _call_one(fn: RewardFunc, name: str, kwargs: dict[str, Any]) -> list[float]:
+    """Call one reward function on shallow copies of the inputs; validate its output."""
+    fresh = {k: (list(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
+    try:
+        output = fn(**fresh)
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python >= 3.11
+            exc.add_note(f"(raised inside reward function '{name}' called by grpokit score_completions)")
+        raise
+    return _validate_output(output, name, kwargs)
+
+
+# -------------------------------------------------------------------------- validation
+
+
+def _is_number(value: Any) -> bool:
+    """True for int/float/bool and numpy scalars; False for strings, None, arrays."""
+    return isinstance(value, (bool, np.bool_, numbers.Real))
+
+
+def _validate_output(output: Any, name: str, kwargs: dict[str, Any]) -> list[float]:
+    """Check a reward function's output; return floats with None -> NaN."""
+    values = _output_as_list(output, name, len(kwargs["completions"]))
+    floats = []
+    for i, value in enumerate(values):
+        if value is None:
+            floats.append(math.nan)
+        elif not _is_number(value) or not math.isfinite(float(value)):
+            why = "is not finite" if _is_number(value) else "is not a number"
+            raise RewardFunctionError(
+                f"reward function '{name}' returned {value!r} ({type(value).__name__}) at index {i}, "
+                f"which {why}; expected a finite int/float/bool or None (to skip the sample)\n"
+                f"{_sample(kwargs, i)}"
+            )
+        else:
+            floats.append(float(value))
+    return floats
+
+
+def _output_as_list(output: Any, name: str, n: int) -> list:
+    """Turn list/tuple/1-D array/1-D tensor output into a list of length ``n``."""
+    if isinstance(output, (torch.Tensor, np.ndarray)):
+        if output.ndim != 1:
+            raise RewardFunctionError(
+                f"reward function '{name}' returned a {type(output).__name__} of shape {tuple(output.shape)}; "
+                f"expected 1-D with {n} values, one per completion"
+            )
+        output = output.tolist()
+    if not isinstance(output, (list, tuple)):
+        raise RewardFunctionError(
+            f"reward function '{name}' returned {type(output).__name__} ({_truncate(repr(output), 80)}); "
+            f"expected a list of {n} floats (or None), one per completion"
+        )
+    if len(output) != n:
+        raise RewardFunctionError(
+            f"reward function '{name}' returned {len(output)} rewards for {n} completions; "
+            f"expected one reward (float or None) per completion"
+        )
+    return list(output)
+
+
+def _sample(kwargs: dict[str, Any], i: int) -> str:
+    """Two lines showing the prompt and completion of sample ``i``, truncated."""
+    prompt = _truncate(repr(kwargs["prompts"][i]))
+    completion = _truncate(repr(kwargs["completions"][i]))
+    return f"  sample {i} prompt: {prompt}\n  sample {i} completion: {completion}"
+
+
+def _truncate(text: str, limit: int = 200) -> str:
+    """Cut ``text`` to ``limit`` characters, marking the cut.
+
+    >>> _truncate("abcdefgh", limit=6)
+    'abc...'
+    """
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def reward_metrics(batch: RewardBatch) -> dict[str, float]:
+    """Mean and std of each function's rewards (ignoring None) and of the total.
+
+    Std is the sample std (Bessel-corrected, like ``torch.std`` and TRL's logs), so
+    it is nan with fewer than 2 values; a function that returned only None logs nan.
+
+    >>> b = RewardBatch(per_func=torch.tensor([[1.0], [3.0], [float("nan")]]),
+    ...                 total=torch.tensor([1.0, 3.0, 0.0]), names=["acc"])
+    >>> {k: round(v, 4) for k, v in reward_metrics(b).items()}
+    {'reward/acc/mean': 2.0, 'reward/acc/std': 1.4142, 'reward/mean': 1.3333, 'reward/std': 1.5275}
+    """
+    metrics = {}
+    for j, name in enumerate(batch.names):
+        column = batch.per_func[:, j]
+        column = column[~torch.isnan(column)]
+        metrics[f"reward/{name}/mean"] = _stat(column, torch.mean)
+        metrics[f"reward/{name}/std"] = _stat(column, torch.std)
+    metrics["reward/mean"] = _stat(batch.total, torch.mean)
+    metrics["reward/std"] = _stat(batch.total, torch.std)
+    return metrics
+
+
+def _stat(values: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """``fn(values)`` as a float; nan when there are too few values."""
+    if values.numel() == 0 or (fn is torch.std and values.numel() < 2):
+        return math.nan
+    return float(fn(values.double()))
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
+    """Decorator adding a reward function to :data:`REWARD_REGISTRY` under ``name``.
+
+    Registering a different function under a taken name raises ``ValueError``.
+
+    >>> @register_reward("doc_example_len")
+    ... def doc_example_len(prompts, completions, **kwargs):
+    ...     return [float(len(c)) for c in completions]
+    >>> resolve_reward("doc_example_len") is doc_example_len
+    True
+    >>> del REWARD_REGISTRY["doc_example_len"]
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"register_reward: name must be a non-empty string without ':', found {name!r}")
+
+    def decorator(fn: RewardFunc) -> RewardFunc:
+        existing = REWARD_REGISTRY.get(name)
+        if existing is not None and existing is not fn:
+            raise ValueError(
+                f"register_reward: name '{name}' is already registered to "
+                f"{_qualname(existing)}; cannot register {_qualname(fn)}"
+            )
+        REWARD_REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def _qualname(fn: Any) -> str:
+    """``module:qualname`` of a function, for error messages."""
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', reward_name(fn))}"
+
+
+def resolve_reward(spec: RewardFunc | str) -> RewardFunc:
+    """Turn a registered name or an import path ``"pkg.module:function"`` into a callable.
+
+    Callables are returned unchanged. On a registry miss, the modules of the
+    ``grpokit.rewards`` package are imported once (so built-in rewards register
+    themselves) before giving up.
+
+    >>> resolve_reward("math:sqrt")(16.0)
+    4.0
+    """
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"resolve_reward: expected a callable or a string, found {type(spec).__name__} ({spec!r})")
+    if ":" in spec:
+        return _import_path(spec)
+    if spec not in REWARD_REGISTRY:
+        _import_builtin_rewards()
+    if spec not in REWARD_REGISTRY:
+        registered = ", ".join(sorted(REWARD_REGISTRY)) or "none"
+        raise ValueError(
+            f"resolve_reward: unknown reward '{spec}'; registered rewards: {registered}. "
+            f"To use your own function, pass it directly or give its import path as "
+            f"'package.module:function_name'"
+        )
+    return REWARD_REGISTRY[spec]
+
+
+def _import_path(spec: str) -> RewardFunc:
+    """Import ``"pkg.module:attr.path"`` and return the callable it names."""
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise ValueError(f"resolve_reward: bad import path '{spec}'; expected 'package.module:function_name'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(f"resolve_reward('{spec}'): cannot import module '{module_name}': {exc}") from exc
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"resolve_reward('{spec}'): '{module_name}' has no attribute '{attr_path}'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"resolve_reward('{spec}'): '{attr_path}' is {type(obj).__name__}, not callable")
+    return obj
+
+
+@functools.cache
+def _import_builtin_rewards() -> None:
+    """Import every submodule of ``grpokit.rewards`` once, so their decorators run."""
+    package = importlib.import_module("grpokit.rewards")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"grpokit.rewards.{info.name}")

@@ -1,0 +1,188 @@
+"""The sampler: G completions per prompt, each prompt encoded once and its KV cache shared.
+
+``generate`` runs the P unique prompts through the model once (left-padded), copies the KV
+cache G times (``DynamicCache.batch_repeat_interleave``), then decodes token by token. Rows that
+emitted EOS stop: once a quarter of the live rows have finished, they are dropped from the
+cache (``batch_select_indices``), so a long tail of unfinished rows costs only their own compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the next token; ``temperature=0`` means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class Rollout:
+    """P prompts × G completions. Completion row ``i`` belongs to prompt ``i // G``."""
+
+    prompt_ids: torch.Tensor  # (P, Tp) left-padded
+    prompt_mask: torch.Tensor  # (P, Tp)
+    completion_ids: torch.Tensor  # (N, Tc) right-padded, N = P·G, EOS included
+    completion_mask: torch.Tensor  # (N, Tc) 1 on generated tokens (EOS included)
+    sampling_logp: torch.Tensor  # (N, Tc) log-prob of each token at the sampling temperature
+    truncated: torch.Tensor  # (N,) bool: no EOS within max_new_tokens
+    group_size: int
+
+    @property
+    def num_completions(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def completion_lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(1)  # (N,)
+
+    def token_lists(self) -> list[list[int]]:
+        """Each completion's generated token ids (EOS included, padding removed)."""
+        lengths = self.completion_lengths().tolist()
+        return [row[:n] for row, n in zip(self.completion_ids.tolist(), lengths)]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``(ids, mask)``.
+
+    >>> ids, mask = left_pad([[5, 6], [7]], pad_id=0)
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6], [0, 7]], [[1, 1], [0, 1]])
+    """
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) set to -inf.
+
+    >>> filter_logits(torch.tensor([[1.0, 3.0, 2.0]]), top_k=2).tolist()
+    [[-inf, 3.0, 2.0]]
+    >>> filter_logits(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), top_p=0.7).exp().tolist()
+    [[0.5, 0.30000001192092896, 0.0]]
+    """
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)  # (N, V)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def pick_tokens(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample (or argmax) one token per row; return ``(tokens, log-probs)``, both ``(N,)``.
+
+    The log-prob is taken under the tempered, unfiltered distribution: the same quantity the
+    trainer's forward pass computes, so it can serve as the "old" log-prob.
+    """
+    if params.temperature == 0:
+        tokens = logits.argmax(-1)  # (N,)
+        logp = logits.log_softmax(-1)
+    else:
+        tempered = logits / params.temperature  # (N, V)
+        probs = filter_logits(tempered, params.top_k, params.top_p).softmax(-1)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
+        logp = tempered.log_softmax(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    prompt_ids: list[list[int]],
+    group_size: int,
+    params: SamplingParams,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample ``group_size`` completions for each prompt (token lists, unpadded)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    p_ids, p_mask = left_pad(prompt_ids, pad_token_id)
+    cache = DynamicCache()
+    out = model(
+        input_ids=p_ids.to(device),
+        attention_mask=p_mask.to(device),
+        position_ids=(p_mask.cumsum(1) - 1).clamp(min=0).to(device),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.cache
+    cache.batch_repeat_interleave(group_size)
+    decoded = _decode(model, out.logits[:, -1].float().repeat_interleave(group_size, 0), cache,
+                      p_mask.repeat_interleave(group_size, 0).to(device), params,
+                      eos_token_id, generator)
+    model.train(was_training)
+    tokens, logps, lengths, truncated = decoded
+    completion_mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]  # (N, Tc)
+    return Rollout(
+        prompt_ids=p_ids,
+        prompt_mask=p_mask,
+        completion_ids=tokens.masked_fill(~completion_mask, pad_token_id),
+        completion_mask=completion_mask.long(),
+        sampling_logp=logps * completion_mask,
+        truncated=truncated,
+        group_size=group_size,
+    )
+
+
+def _decode(model, logits, cache, prompt_mask, params, eos_token_id, generator):
+    """Token-by-token decoding with compaction of finished rows; returns CPU tensors."""
+    n, max_new = logits.shape[0], params.max_new_tokens
+    tokens = torch.zeros((n, max_new), dtype=torch.long)
+    logps = torch.zeros((n, max_new))
+    lengths = torch.full((n,), max_new, dtype=torch.long)
+    live = torch.arange(n)  # original row index of each row still in the cache
+    mask = torch.cat([prompt_mask, torch.ones((n, max_new), dtype=torch.long,
+                                              device=prompt_mask.device)], 1)
+    positions = prompt_mask.sum(1)  # (n,) position id of the next token
+    finished = torch.zeros(n, dtype=torch.bool)
+    for t in range(max_new):
+        step_tokens, step_logp = pick_tokens(logits, params, generator)
+        step_tokens, step_logp = step_tokens.cpu(), step_logp.cpu()
+        active = ~finished[live]
+        tokens[live[active], t] = step_tokens[active]
+        logps[live[active], t] = step_logp[active]
+        newly_done = active & (step_tokens == eos_token_id)
+        lengths[live[newly_done]] = t + 1
+        finished[live[newly_done]] = True
+        if t == max_new - 1 or finished.all():
+            break
+        if (~finished[live]).sum() <= 0.75 * len(live):
+            keep = (~finished[live]).nonzero().squeeze(1)
+            cache.batch_select_indices(keep.to(mask.device))
+            live, mask, positions = live[keep], mask[keep.to(mask.device)], positions[keep.to(mask.device)]
+            step_tokens = step_tokens[keep]
+        width = prompt_mask.shape[1] + t + 1
+        out = model(
+            input_ids=step_tokens[:, None].to(mask.device),
+            attention_mask=mask[:, :width],
+            position_ids=(positions + t)[:, None],
+            cache=cache,
+            use_cache=True,
+        )
+        cache, logits = out.cache, out.logits[:, -1].float()
+    truncated = ~finished
+    return tokens, logps, lengths, truncated

@@ -1,0 +1,104 @@
+"""Digit sums with a running-sum scratchpad: the embedded default's verifiable reasoning task.
+
+A problem is a string of digits, each labelled by a letter; the answer is their sum. A
+demonstration restates each digit with its running sum inside ``<reasoning>`` and gives the
+total inside ``<answer>``::
+
+    prompt:      "sum a4b7c1d9:"
+    completion:  "<reasoning>a4=4,b7=11,c1=12,d9=21</reasoning><answer>21</answer>"
+
+The letters let a small model find the k-th digit by content rather than by counting positions
+(without them a 0.8M-parameter model learns the task several times more slowly).
+
+The SFT demonstrations come from a *noisy teacher*: with probability ``slip_rate`` one running
+sum is off by 1-3 and the rest of the chain (and the answer) carries the slip, and with
+probability ``no_reasoning_rate`` the teacher skips the scratchpad and guesses near the total.
+A model imitating that teacher samples wrong answers at about the teacher's error rate even
+when its greedy answer is right, which is the gap GRPO's correctness reward closes.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from grpokit.rewards.rules import answers_match, extract_answer, is_well_formatted
+
+def running_sums(digits: str) -> list[int]:
+    """Running sums of a digit string.
+
+    >>> running_sums("4719")
+    [4, 11, 12, 21]
+    """
+    sums, total = [], 0
+    for d in digits:
+        total += int(d)
+        sums.append(total)
+    return sums
+
+
+LABELS = "abcdefghij"
+
+
+def parse_digits(prompt: str) -> str:
+    """The digits of a prompt.
+
+    >>> parse_digits("sum a4b7c1d9:")
+    '4719'
+    """
+    return "".join(ch for ch in prompt.removeprefix("sum ") if ch.isdigit())
+
+
+@dataclass
+class DigitSumTask:
+    """Generator, verifier and demonstrations for digit sums."""
+
+    min_digits: int = 4
+    max_digits: int = 6
+    slip_rate: float = 0.35
+    no_reasoning_rate: float = 0.1
+    name: str = "digit_sum"
+
+    def problem(self, rng: random.Random) -> dict:
+        """One row: ``{"prompt", "answer"}``."""
+        n = rng.randint(self.min_digits, self.max_digits)
+        digits = "".join(str(rng.randint(0, 9)) for _ in range(n))
+        labelled = "".join(f"{LABELS[i]}{d}" for i, d in enumerate(digits))
+        return {"prompt": f"sum {labelled}:", "answer": str(sum(map(int, digits)))}
+
+    def problems(self, count: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
+        """``count`` distinct problems whose prompts are not in ``exclude``."""
+        rng, rows, seen = random.Random(seed), [], set(exclude)
+        while len(rows) < count:
+            row = self.problem(rng)
+            if row["prompt"] not in seen:
+                seen.add(row["prompt"])
+                rows.append(row)
+        return rows
+
+    def demonstration(self, row: dict, rng: random.Random) -> str:
+        """The noisy teacher's completion for ``row`` (see the module docstring)."""
+        digits = parse_digits(row["prompt"])
+        sums = running_sums(digits)
+        if rng.random() < self.no_reasoning_rate:
+            return f"<answer>{max(0, sums[-1] + rng.choice([-2, -1, 0, 1, 2]))}</answer>"
+        if rng.random() < self.slip_rate:
+            at, slip = rng.randrange(len(sums)), rng.choice([-3, -2, -1, 1, 2, 3])
+            sums = sums[:at] + [max(0, s + slip) for s in sums[at:]]
+        chain = ",".join(f"{LABELS[i]}{d}={s}" for i, (d, s) in enumerate(zip(digits, sums)))
+        return f"<reasoning>{chain}</reasoning><answer>{sums[-1]}</answer>"
+
+    def sft_rows(self, count: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
+        """``count`` rows ``{"prompt", "completion", "answer"}`` from the noisy teacher."""
+        rng = random.Random(seed + 1)
+        return [
+            {**row, "completion": self.demonstration(row, rng)}
+            for row in self.problems(count, seed, exclude)
+        ]
+
+    def is_correct(self, completion: str, answer: str) -> bool:
+        """True when the tagged answer equals the reference."""
+        return answers_match(extract_answer(completion), answer)
+
+    extract_answer = staticmethod(extract_answer)
+    is_well_formatted = staticmethod(is_well_formatted)

@@ -1,0 +1,244 @@
+"""The GRPO trainer: sample groups, score them, take clipped policy-gradient steps.
+
+One step (what ``max_steps`` counts):
+
+1. take ``prompts_per_step`` (P) prompts and sample ``num_generations`` (G) completions each,
+   every prompt encoded once with its KV cache shared by its G completions;
+2. score the P·G completions with every reward function and sum them with ``reward_weights``;
+3. turn the total into group-relative advantages (``scale_rewards``);
+4. take ``num_iterations`` (μ) optimizer steps on the whole batch, each accumulating gradients
+   over micro-batches of ``micro_batch_size`` completions. Loss normalisers come from the full
+   batch, so the micro-batch size bounds memory and never changes the math.
+
+The trainer is algorithm-blind: it hands log-probs, advantages, masks and token weights to
+``grpokit.algorithms.policy_loss``; ``loss_type`` only picks the token weights by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from grpokit.algorithms import PolicyLossInputs, group_advantages, policy_loss, token_weights
+from grpokit.config import GRPOConfig, write_resolved
+from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
+from grpokit.logprobs import completion_logprobs
+from grpokit.models import save_model
+from grpokit.monitoring import MetricsWriter, progress_bar
+from grpokit.rewards import RewardBatch, resolve_reward, reward_metrics, score_completions
+from grpokit.rollout import Rollout, SamplingParams, generate
+from grpokit.trainers.common import resolve_model, write_summary
+from grpokit.trainers.optim import build_optimizer, clip_and_step
+
+
+@dataclass
+class StepBatch:
+    """Everything the policy update needs from one sampled and scored batch (N = P·G rows)."""
+
+    rollout: Rollout
+    rewards: RewardBatch
+    advantages: torch.Tensor  # (N,)
+    loss_mask: torch.Tensor  # (N, Tc) completion tokens that enter the loss
+    weights: torch.Tensor  # (N, Tc) per-token loss weights from the full batch
+    ref_logp: torch.Tensor | None  # (N, Tc) or None when beta == 0
+
+
+class GRPOTrainer:
+    """Train a causal LM with GRPO, with TRL's constructor and reward-function contract.
+
+    ``model`` is a local model directory or a ``PreTrainedModel`` (then pass its tokenizer as
+    ``processing_class``). ``reward_funcs`` are callables ``fn(prompts, completions, **kwargs)
+    -> list[float | None]`` or registered names; ``train_dataset`` is a ``datasets.Dataset``,
+    a list of dicts or a data file, with a ``prompt`` column (text or chat messages). Every
+    other column reaches the reward functions as a keyword argument.
+    """
+
+    def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None,
+                 processing_class=None):
+        self.args = args = args or GRPOConfig()
+        if train_dataset is None:
+            raise ValueError("GRPOTrainer needs a train_dataset with a 'prompt' column")
+        self.rows = validate_prompt_rows(load_rows(train_dataset), "train_dataset")
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        self.reward_funcs = [resolve_reward(f) for f in funcs]
+        if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(args.reward_weights)} values but there are "
+                             f"{len(self.reward_funcs)} reward functions")
+        self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args)
+        self.ref_model = self._frozen_copy() if args.beta > 0 else None
+        self.columns = extra_columns(self.rows)
+        self.prompt_ids = [self._encode(r["prompt"]) for r in self.rows]
+        # rows carry their position so a sampled row finds its pre-tokenized prompt
+        self.stream = PromptStream([{**r, "_index": i} for i, r in enumerate(self.rows)], args.seed)
+        self.sampling = SamplingParams(args.max_completion_length, args.temperature,
+                                       args.top_p, args.top_k)
+        self.generator = torch.Generator(self.device).manual_seed(args.seed)
+        self.step_index = 0
+
+    def _frozen_copy(self):
+        ref = copy.deepcopy(self.model).eval()
+        ref.requires_grad_(False)
+        return ref
+
+    def _encode(self, prompt) -> list[int]:
+        ids = self.tokenizer(render_prompt(prompt, self.tokenizer), add_special_tokens=False)["input_ids"]
+        limit = self.args.max_prompt_length
+        return ids[-limit:] if limit else ids
+
+    # ----------------------------------------------------------------- one step, as data
+    def sample_and_score(self, rows: list[dict], timings: dict) -> StepBatch:
+        """Sample G completions per row, score them, and compute advantages and weights."""
+        args, started = self.args, time.perf_counter()
+        prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
+        rollout = generate(self.model, prompt_ids, args.num_generations, self.sampling,
+                           self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.generator)
+        timings["generate"] = time.perf_counter() - started
+        started = time.perf_counter()
+        rewards = self.score(rows, rollout)
+        advantages = group_advantages(rewards.total, args.num_generations, args.scale_rewards)
+        timings["score"] = time.perf_counter() - started
+        loss_mask = rollout.completion_mask.float()  # (N, Tc)
+        if args.mask_truncated_completions:
+            loss_mask = loss_mask * (~rollout.truncated).float()[:, None]
+        weights = token_weights(loss_mask, args.loss_type, args.max_completion_length)
+        ref_logp = self.reference_logprobs(rollout) if self.ref_model is not None else None
+        return StepBatch(rollout, rewards, advantages, loss_mask, weights, ref_logp)
+
+    def score(self, rows: list[dict], rollout: Rollout) -> RewardBatch:
+        texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        return score_completions(
+            self.reward_funcs,
+            prompts=[r["prompt"] for r in rows],
+            completions=texts,
+            completion_ids=rollout.token_lists(),
+            columns={c: [r.get(c) for r in rows] for c in self.columns},
+            weights=self.args.reward_weights,
+            trainer_state=SimpleNamespace(global_step=self.step_index, max_steps=self.args.max_steps),
+        )
+
+    def micro_batches(self, n: int):
+        size = self.args.micro_batch_size
+        return [torch.arange(start, min(start + size, n)) for start in range(0, n, size)]
+
+    def _forward(self, model, rollout: Rollout, rows: torch.Tensor, with_entropy: bool):
+        """Completion log-probs of the completions ``rows`` of ``rollout``."""
+        prompts = rows // rollout.group_size
+        to = lambda t: t.to(self.device)  # noqa: E731
+        return completion_logprobs(
+            model, to(rollout.prompt_ids[prompts]), to(rollout.prompt_mask[prompts]),
+            to(rollout.completion_ids[rows]), to(rollout.completion_mask[rows]),
+            self.args.temperature, with_entropy,
+        )
+
+    @torch.no_grad()
+    def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        parts = [self._forward(self.ref_model, rollout, rows, False)[0].cpu()
+                 for rows in self.micro_batches(rollout.num_completions)]
+        return torch.cat(parts)  # (N, Tc)
+
+    def policy_pass(self, batch: StepBatch) -> dict[str, float]:
+        """One optimizer step on the whole batch; returns that pass's loss statistics."""
+        args, totals = self.args, {}
+        for rows in self.micro_batches(batch.rollout.num_completions):
+            logp, entropy = self._forward(self.model, batch.rollout, rows, with_entropy=True)
+            mask = batch.loss_mask[rows].to(self.device)  # (n, Tc)
+            old = (logp.detach() if args.num_iterations == 1
+                   else batch.rollout.sampling_logp[rows].to(self.device))
+            ref = batch.ref_logp[rows].to(self.device) if batch.ref_logp is not None else None
+            inputs = PolicyLossInputs(logp, old, batch.advantages[rows].to(self.device), mask,
+                                      batch.weights[rows].to(self.device), ref)
+            loss, stats = policy_loss(inputs, epsilon_low=args.epsilon,
+                                      epsilon_high=args.epsilon_high or args.epsilon,
+                                      beta=args.beta,
+                                      importance_sampling_level=args.importance_sampling_level)
+            loss.backward()
+            stats = {**stats, "loss": loss.detach(), "entropy_sum": (entropy.detach() * mask).sum()}
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        totals["grad_norm"] = clip_and_step(self.model, self.optimizer, self.scheduler,
+                                            args.max_grad_norm)
+        return totals
+
+    def step(self) -> dict[str, float]:
+        """Sample, score and learn from one batch of ``prompts_per_step`` prompts."""
+        timings, started = {}, time.perf_counter()
+        rows = self.stream.next_batch(self.args.prompts_per_step)
+        batch = self.sample_and_score(rows, timings)
+        train_started = time.perf_counter()
+        passes = [self.policy_pass(batch) for _ in range(self.args.num_iterations)]
+        timings["train"] = time.perf_counter() - train_started
+        timings["step"] = time.perf_counter() - started
+        self.step_index += 1
+        return step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
+                            self.args.num_generations)
+
+    # ----------------------------------------------------------------- the loop
+    def train(self, show_progress: bool = True) -> dict:
+        args, out = self.args, Path(self.args.output_dir)
+        write_resolved(args, out)
+        torch.manual_seed(args.seed)
+        total_updates = args.max_steps * args.num_iterations
+        self.optimizer, self.scheduler = build_optimizer(self.model, args, total_updates)
+        writer, history, started = MetricsWriter(out, args.report_to), [], time.perf_counter()
+        self.model.train()
+        with progress_bar("GRPO", disable=not show_progress) as bar:
+            task = bar.add_task("grpo", total=args.max_steps, status="")
+            while self.step_index < args.max_steps:
+                metrics = self.step()
+                writer.write(self.step_index, metrics)
+                history.append(metrics)
+                if args.save_steps and self.step_index % args.save_steps == 0:
+                    save_model(self.model, self.tokenizer, out / f"checkpoint-{self.step_index}")
+                bar.update(task, advance=1, status=f"reward {metrics['reward/mean']:.3f} "
+                                                   f"kl {metrics['kl']:.4f}")
+        writer.close()
+        save_model(self.model, self.tokenizer, out / "model")
+        summary = summarize(history, time.perf_counter() - started, out / "model")
+        write_summary(out, summary)
+        return summary
+
+
+def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
+                 group_size: int) -> dict[str, float]:
+    """The per-step metrics written to metrics.jsonl."""
+    rollout, adv = batch.rollout, batch.advantages
+    lengths = rollout.completion_lengths().float()  # (N,)
+    groups = batch.rewards.total.view(-1, group_size)  # (P, G)
+    tokens = max(sum(p["tokens"] for p in passes), 1.0)
+    mean_over = lambda key: sum(p[key] for p in passes) / tokens  # noqa: E731
+    metrics = {
+        **reward_metrics(batch.rewards),
+        "reward/frac_zero_std": (groups.max(1).values == groups.min(1).values).float().mean().item(),
+        "advantage/mean": adv.mean().item(), "advantage/std": adv.std().item(),
+        "advantage/min": adv.min().item(), "advantage/max": adv.max().item(),
+        "loss": sum(p["loss"] for p in passes) / len(passes),
+        "kl": mean_over("kl_sum"), "entropy": mean_over("entropy_sum"),
+        "clip_ratio/low": mean_over("clip_low_sum"), "clip_ratio/high": mean_over("clip_high_sum"),
+        "clip_ratio/region": mean_over("clip_region_sum"),
+        "completion/mean_length": lengths.mean().item(),
+        "completion/min_length": lengths.min().item(),
+        "completion/max_length": lengths.max().item(),
+        "completion/truncated_frac": rollout.truncated.float().mean().item(),
+        "learning_rate": lr, "grad_norm": sum(p["grad_norm"] for p in passes) / len(passes),
+        **{f"time/{k}": v for k, v in timings.items()},
+        "completion_tokens_per_s": lengths.sum().item() / timings["step"],
+    }
+    return metrics
+
+
+def summarize(history: list[dict], seconds: float, model_dir: Path) -> dict:
+    """summary.json for a GRPO run: reward at the start and end, time, where the model is."""
+    tail = history[-10:]
+    return {
+        "stage": "grpo",
+        "steps": len(history),
+        "seconds": seconds,
+        "reward_first_step": history[0]["reward/mean"],
+        "reward_last_10_steps": sum(m["reward/mean"] for m in tail) / len(tail),
+        "model_dir": str(model_dir),
+    }
