@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from transformers.utils import logging as hf_logging
 
-from grpokit.config import ConfigError, RunConfig, load_config, write_resolved
+from grpokit.config import ConfigError, RunConfig, load_config
 from grpokit.demo import run_demo
 from grpokit.stages import base_model, run_eval, run_grpo, run_sft
 
@@ -48,7 +48,6 @@ def demo(
 def sft(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
     """Supervised fine-tuning (stage 1) with the `sft` section."""
     cfg = _load(config, overrides)
-    write_resolved(cfg, cfg.sft.output_dir)
     model_dir = run_sft(cfg, base_model(cfg, cfg.sft.output_dir), progress)
     typer.echo(f"model: {model_dir}")
 

@@ -247,11 +247,15 @@ def describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def write_resolved(config: BaseModel, output_dir: str | Path) -> Path:
-    """Write the resolved config as YAML to ``output_dir/config.yaml``."""
+def write_resolved(config: BaseModel, output_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config as YAML to ``output_dir/name``.
+
+    Trainers write their own section as ``config.yaml``; the CLI stages also write the whole
+    run tree (model, data, rewards, every section) as ``run_config.yaml``.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    target = out / "config.yaml"
+    target = out / name
     target.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
     return target
 

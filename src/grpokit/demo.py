@@ -42,7 +42,7 @@ def run_demo(output_dir: str | Path = "runs/demo", overrides: list[str] = (),
     """Create the embedded model, run SFT and GRPO, evaluate after each; return the summary."""
     console, out, started = console or Console(), Path(output_dir), time.perf_counter()
     cfg = demo_config(out, overrides)
-    write_resolved(cfg, out)
+    write_resolved(cfg, out, "run_config.yaml")
     base = base_model(cfg, out)
     stages = []
     console.print("[bold]stage 1/2: SFT[/bold] on the noisy teacher's demonstrations")

@@ -13,6 +13,8 @@ from grpokit.trainers.common import write_summary
 from grpokit.trainers.grpo import GRPOTrainer
 from grpokit.trainers.sft import SFTTrainer
 
+RUN_CONFIG = "run_config.yaml"  # the whole run tree, next to the stage's own config.yaml
+
 
 def base_model(cfg: RunConfig, output_dir: str | Path) -> Path:
     """The model directory a run starts from; 'embedded' creates the built-in default there."""
@@ -42,12 +44,14 @@ def train_rows(cfg: RunConfig, demonstrations: bool) -> list[dict]:
 
 def run_sft(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True) -> Path:
     """Fine-tune ``model_dir`` on demonstrations; returns the trained model's directory."""
+    write_resolved(cfg, cfg.sft.output_dir, RUN_CONFIG)
     trainer = SFTTrainer(model=str(model_dir), args=cfg.sft, train_dataset=train_rows(cfg, True))
     return Path(trainer.train(show_progress)["model_dir"])
 
 
 def run_grpo(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True) -> Path:
     """GRPO on ``model_dir`` with the configured rewards; returns the trained model's directory."""
+    write_resolved(cfg, cfg.grpo.output_dir, RUN_CONFIG)
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=cfg.rewards, args=cfg.grpo,
                           train_dataset=train_rows(cfg, False))
     return Path(trainer.train(show_progress)["model_dir"])
@@ -58,6 +62,7 @@ def run_eval(cfg: RunConfig, model_dir: str | Path, output_dir: str | Path,
     """Evaluate ``model_dir`` on the held-out rows; writes summary.json and samples.jsonl."""
     out = Path(output_dir)
     write_resolved(cfg.eval, out)
+    write_resolved(cfg, out, RUN_CONFIG)
     model = load_model(model_dir, pick_device(cfg.eval.device))
     metrics = evaluate(model, load_tokenizer(model_dir), test_rows(cfg), cfg.eval, show_progress,
                        samples_path=out / "samples.jsonl")
