@@ -27,7 +27,7 @@ import torch
 from grpokit.algorithms import PolicyLossInputs, group_advantages, policy_loss, token_weights
 from grpokit.config import GRPOConfig, write_resolved
 from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
-from grpokit.logprobs import completion_logprobs
+from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
 from grpokit.models import save_model
 from grpokit.monitoring import MetricsWriter, progress_bar
 from grpokit.rewards import RewardBatch, resolve_reward, reward_metrics, score_completions
@@ -121,37 +121,54 @@ class GRPOTrainer:
             trainer_state=SimpleNamespace(global_step=self.step_index, max_steps=self.args.max_steps),
         )
 
-    def micro_batches(self, n: int):
-        size = self.args.micro_batch_size
+    def micro_batches(self, n: int) -> list[torch.Tensor]:
+        """Row indices of each micro-batch: whole groups when ``micro_batch_size >= G``."""
+        size, group = self.args.micro_batch_size, self.args.num_generations
+        if size >= group:
+            size -= size % group
         return [torch.arange(start, min(start + size, n)) for start in range(0, n, size)]
 
     def _forward(self, model, rollout: Rollout, rows: torch.Tensor, with_entropy: bool):
-        """Completion log-probs of the completions ``rows`` of ``rollout``."""
-        prompts = rows // rollout.group_size
-        to = lambda t: t.to(self.device)  # noqa: E731
-        return completion_logprobs(
-            model, to(rollout.prompt_ids[prompts]), to(rollout.prompt_mask[prompts]),
-            to(rollout.completion_ids[rows]), to(rollout.completion_mask[rows]),
-            self.args.temperature, with_entropy,
-        )
+        """Log-probs (and entropies) ``(n, w)`` of completions ``rows``, ``w`` = their longest.
+
+        Whole groups run their prompt once (shared prefix); otherwise each row carries its
+        prompt. Padding columns that no row in ``rows`` uses are trimmed first.
+        """
+        group = rollout.group_size
+        width = int(rollout.completion_mask[rows].sum(1).max().clamp(min=1))
+        completion_ids = rollout.completion_ids[rows, :width].to(self.device)
+        completion_mask = rollout.completion_mask[rows, :width].to(self.device)
+        whole_groups = len(rows) % group == 0 and int(rows[0]) % group == 0
+        prompts = rows[::group] // group if whole_groups else rows // group
+        prompt_mask = rollout.prompt_mask[prompts]
+        first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # drop all-padding columns
+        prompt_ids = rollout.prompt_ids[prompts, first:].to(self.device)
+        prompt_mask = prompt_mask[:, first:].to(self.device)
+        forward = shared_prefix_logprobs if whole_groups else completion_logprobs
+        return forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                       self.args.temperature, with_entropy)
 
     @torch.no_grad()
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
-        parts = [self._forward(self.ref_model, rollout, rows, False)[0].cpu()
-                 for rows in self.micro_batches(rollout.num_completions)]
-        return torch.cat(parts)  # (N, Tc)
+        """Reference log-probs ``(N, Tc)`` in one no-grad pass per micro-batch."""
+        ref = torch.zeros(rollout.completion_ids.shape)
+        for rows in self.micro_batches(rollout.num_completions):
+            logp = self._forward(self.ref_model, rollout, rows, False)[0]
+            ref[rows, : logp.shape[1]] = logp.float().cpu()
+        return ref
 
     def policy_pass(self, batch: StepBatch) -> dict[str, float]:
         """One optimizer step on the whole batch; returns that pass's loss statistics."""
         args, totals = self.args, {}
         for rows in self.micro_batches(batch.rollout.num_completions):
             logp, entropy = self._forward(self.model, batch.rollout, rows, with_entropy=True)
-            mask = batch.loss_mask[rows].to(self.device)  # (n, Tc)
-            old = (logp.detach() if args.num_iterations == 1
-                   else batch.rollout.sampling_logp[rows].to(self.device))
-            ref = batch.ref_logp[rows].to(self.device) if batch.ref_logp is not None else None
+            width = logp.shape[1]
+            take = lambda t: t[rows, :width].to(self.device)  # noqa: E731
+            old = logp.detach() if args.num_iterations == 1 else take(batch.rollout.sampling_logp)
+            ref = take(batch.ref_logp) if batch.ref_logp is not None else None
+            mask = take(batch.loss_mask)
             inputs = PolicyLossInputs(logp, old, batch.advantages[rows].to(self.device), mask,
-                                      batch.weights[rows].to(self.device), ref)
+                                      take(batch.weights), ref)
             loss, stats = policy_loss(inputs, epsilon_low=args.epsilon,
                                       epsilon_high=args.epsilon_high or args.epsilon,
                                       beta=args.beta,
