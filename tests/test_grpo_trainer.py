@@ -189,3 +189,40 @@ def test_reward_weights_must_match_the_functions(tmp_path):
         GRPOTrainer(model=model, reward_funcs=[fraction_of_a],
                     args=config(tmp_path, reward_weights=[1.0, 2.0]),
                     train_dataset=ROWS, processing_class=tokenizer)
+
+
+def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path):
+    model, tokenizer = tiny()
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    args = config(tmp_path, use_lora=True, lora_r=4, beta=0.04, max_steps=4, learning_rate=2e-2)
+    trainer = GRPOTrainer(model=model, reward_funcs=[fraction_of_a], args=args,
+                          train_dataset=ROWS, processing_class=tokenizer)
+    assert trainer.ref_model is None  # no second copy of the weights
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    trainer.train(show_progress=False)
+    kls = [json.loads(line)["kl"] for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert kls[0] == pytest.approx(0.0, abs=1e-6) and kls[-1] > 0
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model").state_dict()
+    assert set(merged) == set(base_state)  # saved merged, as a plain model
+    assert any(not torch.equal(merged[k], base_state[k]) for k in base_state)
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tmp_path):
+    def grads(checkpointing):
+        model, tokenizer = tiny(seed=2)
+        args = config(tmp_path, gradient_checkpointing=checkpointing)
+        trainer = GRPOTrainer(model=model, reward_funcs=[fraction_of_a], args=args,
+                              train_dataset=ROWS, processing_class=tokenizer)
+        batch = trainer.sample_and_score(trainer.stream.next_batch(2), {})
+        trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda s: 1.0)
+        model.train()
+        logp, _ = trainer._forward(model, batch.rollout, torch.arange(8), False)
+        (logp * batch.advantages[:, None]).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    for plain, checkpointed in zip(grads(False), grads(True)):
+        torch.testing.assert_close(plain, checkpointed, atol=1e-6, rtol=1e-4)

@@ -76,6 +76,21 @@ class OptimConfig(Section):
     """'auto' picks CUDA when present, else CPU; or 'cpu', 'cuda', 'cuda:1'."""
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
     """Extra metric sinks besides metrics.jsonl: 'tensorboard'."""
+    use_lora: bool = False
+    """Train LoRA adapters (peft) instead of every weight. With beta > 0 the reference model is
+    the same base with its adapters disabled, so no second copy is held. The final model is
+    saved merged; checkpoints hold the adapters."""
+    lora_r: int = Field(16, ge=1)
+    """LoRA rank."""
+    lora_alpha: int = Field(32, ge=1)
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] | str = "all-linear"
+    """Modules that get adapters: 'all-linear' or a list of module names such as [q_proj, v_proj]."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory (the training forward then runs each
+    completion with its own prompt instead of sharing the prompt across the group)."""
 
 
 class SFTConfig(OptimConfig):

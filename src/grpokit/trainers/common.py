@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpokit.config import OptimConfig
@@ -17,8 +18,13 @@ def resolve_model(
     model: str | Path | PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None,
     args: OptimConfig,
+    peft_config: LoraConfig | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, torch.device]:
-    """Load ``model`` if it is a path; take the tokenizer from ``tokenizer`` or the same path."""
+    """Load ``model`` if it is a path; take the tokenizer from ``tokenizer`` or the same path.
+
+    With ``args.use_lora`` (or a ``peft_config``, as in TRL) the model is wrapped with LoRA
+    adapters; with ``args.gradient_checkpointing`` activations are recomputed in backward.
+    """
     device = pick_device(args.device)
     if isinstance(model, (str, Path)):
         tokenizer = tokenizer or load_tokenizer(model)
@@ -29,7 +35,26 @@ def resolve_model(
         model = model.to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    if peft_config is not None or args.use_lora:
+        model = get_peft_model(model, peft_config or lora_config(args))
     return model, tokenizer, device
+
+
+def lora_config(args: OptimConfig) -> LoraConfig:
+    """The peft ``LoraConfig`` described by the ``lora_*`` settings."""
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                      target_modules=args.lora_target_modules, task_type="CAUSAL_LM")
+
+
+def is_peft(model) -> bool:
+    return isinstance(model, PeftModel)
+
+
+def final_model(model: PreTrainedModel) -> PreTrainedModel:
+    """The model to save at the end: LoRA adapters merged into the base weights (in place)."""
+    return model.merge_and_unload() if is_peft(model) else model
 
 
 def write_summary(output_dir: str | Path, summary: dict) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,7 +33,7 @@ from grpokit.models import save_model
 from grpokit.monitoring import MetricsWriter, progress_bar
 from grpokit.rewards import RewardBatch, resolve_reward, reward_metrics, score_completions
 from grpokit.rollout import Rollout, SamplingParams, generate
-from grpokit.trainers.common import resolve_model, write_summary
+from grpokit.trainers.common import final_model, is_peft, resolve_model, write_summary
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 
 
@@ -59,7 +60,7 @@ class GRPOTrainer:
     """
 
     def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None,
-                 processing_class=None):
+                 processing_class=None, peft_config=None):
         self.args = args = args or GRPOConfig()
         if train_dataset is None:
             raise ValueError("GRPOTrainer needs a train_dataset with a 'prompt' column")
@@ -69,8 +70,10 @@ class GRPOTrainer:
         if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(args.reward_weights)} values but there are "
                              f"{len(self.reward_funcs)} reward functions")
-        self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args)
-        self.ref_model = self._frozen_copy() if args.beta > 0 else None
+        self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
+                                                                peft_config)
+        # the reference: none without KL; the base with adapters off under LoRA; else a copy
+        self.ref_model = self._frozen_copy() if args.beta > 0 and not is_peft(self.model) else None
         self.columns = extra_columns(self.rows)
         self.prompt_ids = [self._encode(r["prompt"]) for r in self.rows]
         # rows carry their position so a sampled row finds its pre-tokenized prompt
@@ -106,7 +109,7 @@ class GRPOTrainer:
         if args.mask_truncated_completions:
             loss_mask = loss_mask * (~rollout.truncated).float()[:, None]
         weights = token_weights(loss_mask, args.loss_type, args.max_completion_length)
-        ref_logp = self.reference_logprobs(rollout) if self.ref_model is not None else None
+        ref_logp = self.reference_logprobs(rollout) if args.beta > 0 else None
         return StepBatch(rollout, rewards, advantages, loss_mask, weights, ref_logp)
 
     def score(self, rows: list[dict], rollout: Rollout) -> RewardBatch:
@@ -138,7 +141,8 @@ class GRPOTrainer:
         width = int(rollout.completion_mask[rows].sum(1).max().clamp(min=1))
         completion_ids = rollout.completion_ids[rows, :width].to(self.device)
         completion_mask = rollout.completion_mask[rows, :width].to(self.device)
-        whole_groups = len(rows) % group == 0 and int(rows[0]) % group == 0
+        whole_groups = (len(rows) % group == 0 and int(rows[0]) % group == 0
+                        and not model.is_activation_checkpointing)  # HF drops the cache under GC
         prompts = rows[::group] // group if whole_groups else rows // group
         prompt_mask = rollout.prompt_mask[prompts]
         first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # drop all-padding columns
@@ -152,9 +156,11 @@ class GRPOTrainer:
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
         """Reference log-probs ``(N, Tc)`` in one no-grad pass per micro-batch."""
         ref = torch.zeros(rollout.completion_ids.shape)
-        for rows in self.micro_batches(rollout.num_completions):
-            logp = self._forward(self.ref_model, rollout, rows, False)[0]
-            ref[rows, : logp.shape[1]] = logp.float().cpu()
+        adapters_off = self.model.disable_adapter() if self.ref_model is None else nullcontext()
+        with adapters_off:
+            for rows in self.micro_batches(rollout.num_completions):
+                logp = self._forward(self.ref_model or self.model, rollout, rows, False)[0]
+                ref[rows, : logp.shape[1]] = logp.float().cpu()
         return ref
 
     def policy_pass(self, batch: StepBatch) -> dict[str, float]:
@@ -214,6 +220,7 @@ class GRPOTrainer:
                 bar.update(task, advance=1, status=f"reward {metrics['reward/mean']:.3f} "
                                                    f"kl {metrics['kl']:.4f}")
         writer.close()
+        self.model = final_model(self.model)
         save_model(self.model, self.tokenizer, out / "model")
         summary = summarize(history, time.perf_counter() - started, out / "model")
         write_summary(out, summary)

@@ -18,7 +18,7 @@ from grpokit.config import SFTConfig, write_resolved
 from grpokit.data import load_rows, render_prompt, validate_sft_rows
 from grpokit.monitoring import MetricsWriter, progress_bar
 from grpokit.models import save_model
-from grpokit.trainers.common import resolve_model, write_summary
+from grpokit.trainers.common import final_model, resolve_model, write_summary
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 
 
@@ -68,10 +68,12 @@ class SFTTrainer:
     tokenizer as ``processing_class``); ``train_dataset`` is anything ``load_rows`` reads.
     """
 
-    def __init__(self, model, args: SFTConfig, train_dataset, processing_class=None):
+    def __init__(self, model, args: SFTConfig, train_dataset, processing_class=None,
+                 peft_config=None):
         self.args = args
         rows = validate_sft_rows(load_rows(train_dataset), "train_dataset")
-        self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args)
+        self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
+                                                                peft_config)
         self.examples = [
             encode_demonstration(render_prompt(r["prompt"], self.tokenizer), r["completion"],
                                  self.tokenizer, args.max_length)
@@ -110,6 +112,7 @@ class SFTTrainer:
                     save_model(self.model, self.tokenizer, out / f"checkpoint-{step}")
                 bar.update(task, advance=1, status=f"loss {loss:.3f}")
         writer.close()
+        self.model = final_model(self.model)
         save_model(self.model, self.tokenizer, out / "model")
         summary = {"stage": "sft", "steps": args.max_steps, "final_loss": loss,
                    "seconds": time.perf_counter() - started, "model_dir": str(out / "model")}
