@@ -1,6 +1,6 @@
 """Load and save causal LMs; build the embedded default model and its character tokenizer.
 
-The embedded default is created here, never downloaded: a standard transformers Qwen2 causal LM
+The embedded default is created here, never downloaded: a standard transformers Llama causal LM
 with a character-level ``PreTrainedTokenizerFast`` whose reasoning tags are single tokens. Both
 are written with ``save_pretrained`` so ``AutoModelForCausalLM`` / ``AutoTokenizer`` load them.
 """
@@ -19,8 +19,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
 )
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
@@ -74,9 +74,13 @@ def create_tiny_model(
     max_positions: int = 512,
     seed: int = 0,
 ) -> PreTrainedModel:
-    """A randomly initialised Qwen2 causal LM sized for a CPU (about 0.7M parameters by default)."""
+    """A randomly initialised Llama causal LM sized for a CPU (about 0.8M parameters by default).
+
+    Llama rather than Qwen2: transformers maps the ``qwen2`` model type to its own BPE tokenizer
+    class, which would replace the character tokenizer when ``AutoTokenizer`` loads the directory.
+    """
     torch.manual_seed(seed)
-    config = Qwen2Config(
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -89,7 +93,7 @@ def create_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    return Qwen2ForCausalLM(config)
+    return LlamaForCausalLM(config)
 
 
 def check_model_dir(path: str | Path) -> Path:
