@@ -120,7 +120,7 @@ class GRPOConfig(OptimConfig):
     """Completions per prompt (G): the group over which advantages are normalised."""
     num_iterations: int = Field(1, ge=1)
     """Optimizer steps (μ) on each sampled batch; old log-probs come from the sampling policy."""
-    micro_batch_size: int = Field(64, ge=1)
+    micro_batch_size: int = Field(16, ge=1)
     """Completions per forward/backward pass; bounds memory only, never changes the math."""
     beta: float = Field(0.0, ge=0)
     """KL coefficient (k3 estimator against the frozen reference). 0: no reference model kept."""

@@ -1,0 +1,184 @@
+"""grpokit against TRL's GRPOTrainer: whole-step throughput and peak memory on identical work.
+
+Both trainers get the same locally created Qwen2 checkpoint (about 4M parameters in the blocks,
+untied embeddings), the same prompts and the same reward function, in fp32 on the CPU (CUDA when
+present). Each run is its own subprocess; the trainers alternate, config by config.
+
+Configs (8 prompts × G = 8, max_completion_length 128, beta 0.04, loss_type grpo):
+  S  — prompts of 16 tokens, μ = 1;   S2 — the same with μ = 2;   L — prompts of 256 tokens, μ = 1.
+
+Reported: completion tokens per second of whole-step wall time (a step = one sampled batch and
+its μ optimizer steps; median over steps after the first), peak RSS of the process, and the
+ratios grpokit / TRL.
+
+Run (TRL is an optional extra: ``pip install -e '.[bench]'``)::
+
+    python benchmarks/bench_vs_trl.py                  # all configs, both vocabularies
+    python benchmarks/bench_vs_trl.py --configs S --vocabs char --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_models import build_checkpoint, make_prompts  # noqa: E402
+
+CONFIGS = {"S": dict(prompt_tokens=16, mu=1), "S2": dict(prompt_tokens=16, mu=2),
+           "L": dict(prompt_tokens=256, mu=1)}
+PROMPTS, G, COMPLETION, BETA = 8, 8, 128, 0.04
+CACHE = Path(__file__).parent / ".cache"
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TokenCounter:
+    """The shared reward: fraction of even token ids; it also counts completion tokens per call."""
+
+    __name__ = "even_tokens"
+
+    def __init__(self):
+        self.tokens_per_call: list[int] = []
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs):
+        self.tokens_per_call.append(sum(len(ids) for ids in completion_ids))
+        return [sum(i % 2 == 0 for i in ids) / max(len(ids), 1) for ids in completion_ids]
+
+
+def run_trl(model_dir, tokenizer, prompts, mu, steps, reward, out_dir) -> list[float]:
+    """Train with TRL; return the wall-clock time at the end of each sampled batch's μ steps."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    ends: list[float] = []
+
+    class StepEnds(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % mu == 0:
+                ends.append(time.perf_counter())
+
+    args = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=PROMPTS * G,
+                      num_generations=G, max_completion_length=COMPLETION, beta=BETA,
+                      loss_type="grpo", num_iterations=mu, max_steps=steps * mu,
+                      learning_rate=1e-6, use_cpu=not on_gpu(), bf16=on_gpu(), report_to="none",
+                      save_strategy="no", logging_steps=1, shuffle_dataset=False,
+                      disable_dropout=True, seed=0)
+    trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[reward], args=args,
+                          train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                          processing_class=tokenizer, callbacks=[StepEnds()])
+    trainer.train()
+    return ends
+
+
+def run_grpokit(model_dir, tokenizer, prompts, mu, steps, reward, out_dir) -> list[float]:
+    """Train with grpokit; return the wall-clock time at the end of each step."""
+    from grpokit import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(output_dir=out_dir, prompts_per_step=PROMPTS, num_generations=G,
+                      max_completion_length=COMPLETION, beta=BETA, loss_type="grpo",
+                      num_iterations=mu, max_steps=steps, learning_rate=1e-6)
+    trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[reward], args=args,
+                          train_dataset=[{"prompt": p} for p in prompts],
+                          processing_class=tokenizer)
+    ends, step = [], trainer.step
+
+    def timed_step():
+        metrics = step()
+        ends.append(time.perf_counter())
+        return metrics
+
+    trainer.step = timed_step
+    trainer.train(show_progress=False)
+    return ends
+
+
+def worker(name: str, vocab: str, config: str, steps: int) -> dict:
+    """One trainer, one config, in this process; returns its figures."""
+    from transformers import PreTrainedTokenizerFast
+
+    settings = CONFIGS[config]
+    model_dir = build_checkpoint(CACHE / f"qwen2-4M-{vocab}", vocab, "4M")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    prompts = make_prompts(vocab, PROMPTS * steps, settings["prompt_tokens"])
+    reward, run = TokenCounter(), {"trl": run_trl, "grpokit": run_grpokit}[name]
+    rss_before = peak_rss_mb()
+    with tempfile.TemporaryDirectory() as out_dir:
+        ends = run(model_dir, tokenizer, prompts, settings["mu"], steps, reward, out_dir)
+    rates = [tokens / (end - start) for tokens, start, end
+             in zip(reward.tokens_per_call[1:], ends, ends[1:])]
+    return {"trainer": name, "vocab": vocab, "config": config, "steps": len(ends),
+            "tokens_per_s": statistics.median(rates), "rates": rates,
+            "completion_tokens_per_step": reward.tokens_per_call,
+            "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": rss_before}
+
+
+def spawn(name: str, vocab: str, config: str, steps: int) -> dict:
+    command = [sys.executable, __file__, "--worker", name, "--vocabs", vocab, "--configs", config,
+               "--steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} {vocab} {config} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(results: list[dict]) -> str:
+    rows = ["| vocab | config | TRL tok/s | grpokit tok/s | speed-up | TRL peak RSS MB | "
+            "grpokit peak RSS MB | memory ratio |", "|---|---|---|---|---|---|---|---|"]
+    pairs = {}
+    for r in results:
+        pairs.setdefault((r["vocab"], r["config"]), {})[r["trainer"]] = r
+    for (vocab, config), pair in pairs.items():
+        trl, ours = pair["trl"], pair["grpokit"]
+        rows.append(f"| {vocab} | {config} | {trl['tokens_per_s']:.0f} | {ours['tokens_per_s']:.0f}"
+                    f" | {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}× | "
+                    f"{trl['peak_rss_mb']:.0f} | {ours['peak_rss_mb']:.0f} | "
+                    f"{ours['peak_rss_mb'] / trl['peak_rss_mb']:.2f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", default="S,S2,L")
+    parser.add_argument("--vocabs", default="char,32k")
+    parser.add_argument("--steps", type=int, default=4, help="sampled batches per run (first is warm-up)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vs_trl.json"))
+    parser.add_argument("--worker", choices=["trl", "grpokit"])
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.vocabs, args.configs, args.steps)))
+        return
+    results = []
+    for vocab in args.vocabs.split(","):
+        for config in args.configs.split(","):
+            for name in ("trl", "grpokit"):
+                results.append(spawn(name, vocab, config, args.steps))
+                r = results[-1]
+                print(f"{vocab:5} {config:3} {name:8} {r['tokens_per_s']:8.0f} tok/s  "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    table = markdown(results)
+    print(table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "device":
+                                          "cuda" if on_gpu() else "cpu", "results": results,
+                                          "table": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
