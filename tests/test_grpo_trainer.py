@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from grpokit import GRPOConfig, GRPOTrainer
+from grpokit.batching import MicroBatch
 from grpokit.models import ModelLoadError, build_char_tokenizer, create_tiny_model
 from grpokit.rewards import RewardFunctionError
 
@@ -220,7 +221,8 @@ def test_gradient_checkpointing_gives_the_same_gradient(tmp_path):
         trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda s: 1.0)
         model.train()
-        logp, _ = trainer._forward(model, batch.rollout, torch.arange(8), False)
+        whole = MicroBatch(torch.arange(8), shared_prefix=not checkpointing)
+        logp, _ = trainer._forward(model, batch.rollout, whole, False)
         (logp * batch.advantages[:, None]).sum().backward()
         return [p.grad.clone() for p in model.parameters()]
 

@@ -1,9 +1,8 @@
 """Per-token log-probs (and entropy) of completion tokens under a model.
 
 Only completion positions go through the LM head, and they go through it in chunks of
-``HEAD_CHUNK_TOKENS`` rows, each chunk recomputed in backward (activation checkpointing), so no
-``(N, T, V)`` float32 tensor is ever held: with a 32k vocabulary that tensor would be the
-largest thing in memory.
+``HEAD_CHUNK_TOKENS`` rows whose logits are rebuilt in backward, so no ``(N, T, V)`` float32
+tensor is ever held: with a 32k vocabulary that tensor would be the largest thing in memory.
 
 Two ways to run the body of the model:
 
@@ -41,9 +40,39 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return logp, entropy
 
 
-def _head_chunk(head, hidden, targets, temperature):
-    logp, entropy = token_logprobs(head(hidden), targets, temperature, with_entropy=True)
-    return logp, entropy
+class _LinearLogprob(torch.autograd.Function):
+    """Log-prob of ``targets`` under ``softmax(hidden @ weight.T / temperature)``, plus entropy.
+
+    Forward keeps no logits: backward recomputes them for its chunk and forms the gradient of
+    the log-prob directly, ``d logp / d logits = (onehot(target) - softmax) / temperature``.
+    The entropy is a metric and carries no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature):
+        with torch.no_grad():
+            logp_all = (hidden @ weight.T).float().div_(temperature).log_softmax(-1)  # (n, V)
+            logp = logp_all.gather(-1, targets[:, None]).squeeze(1)  # (n,)
+            entropy = -(logp_all.exp() * logp_all).sum(-1)  # (n,)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        hidden, weight, targets = ctx.saved_tensors
+        probs = (hidden @ weight.T).float().div_(ctx.temperature).softmax(-1)  # (n, V)
+        grad_logits = probs.mul_(-grad_logp[:, None])  # (n, V)
+        grad_logits[torch.arange(len(targets)), targets] += grad_logp
+        grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)
+        grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad_logits.T @ hidden if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None
+
+
+def _is_plain_linear(head: torch.nn.Module) -> bool:
+    return type(head) is torch.nn.Linear and head.bias is None
 
 
 def head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
@@ -51,22 +80,28 @@ def head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Te
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs and entropies ``(B, T)`` of ``targets`` from final hidden states ``(B, T, H)``.
 
-    The LM head runs on ``HEAD_CHUNK_TOKENS`` positions at a time; with gradients on, each
-    chunk is checkpointed so its logits are freed after forward and rebuilt in backward.
+    The LM head runs on ``HEAD_CHUNK_TOKENS`` positions at a time and keeps no logits for
+    backward (a plain bias-free ``nn.Linear`` head goes through ``_LinearLogprob``; any other
+    head is checkpointed per chunk), so memory stays at one chunk of logits.
     """
     flat_hidden, flat_targets = hidden.flatten(0, 1), targets.flatten()  # (B·T, H), (B·T,)
     logps, entropies = [], []
     for start in range(0, flat_targets.shape[0], HEAD_CHUNK_TOKENS):
         chunk = slice(start, start + HEAD_CHUNK_TOKENS)
-        if torch.is_grad_enabled():
+        if _is_plain_linear(head):
+            logp, entropy = _LinearLogprob.apply(flat_hidden[chunk], head.weight,
+                                                 flat_targets[chunk], temperature)
+        else:
             logp, entropy = checkpoint(_head_chunk, head, flat_hidden[chunk], flat_targets[chunk],
                                        temperature, use_reentrant=False)
-        else:
-            logp, entropy = _head_chunk(head, flat_hidden[chunk], flat_targets[chunk], temperature)
         logps.append(logp)
-        entropies.append(entropy)
+        entropies.append(entropy.detach())
     shape = targets.shape
     return torch.cat(logps).view(shape), torch.cat(entropies).view(shape) if with_entropy else None
+
+
+def _head_chunk(head, hidden, targets, temperature):
+    return token_logprobs(head(hidden), targets, temperature, with_entropy=True)
 
 
 def completion_logprobs(

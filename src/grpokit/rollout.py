@@ -1,9 +1,11 @@
 """The sampler: G completions per prompt, each prompt encoded once and its KV cache shared.
 
 ``generate`` runs the P unique prompts through the model once (left-padded), copies the KV
-cache G times (``DynamicCache.batch_repeat_interleave``), then decodes token by token. Rows that
-emitted EOS stop: once a quarter of the live rows have finished, they are dropped from the
-cache (``batch_select_indices``), so a long tail of unfinished rows costs only their own compute.
+cache G times (``batch_repeat_interleave``), then decodes token by token. The cache is
+preallocated for prompt + completion, so a decode step writes one position instead of copying
+the whole cache (``torch.cat``), which is what makes long prompts cheap. Rows that emitted EOS
+stop: once a quarter of the live rows have finished, they are dropped from the cache
+(``batch_select_indices``), so a long tail of unfinished rows costs only their own compute.
 """
 
 from __future__ import annotations
@@ -11,7 +13,53 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A KV-cache layer with room for ``capacity`` positions, written in place.
+
+    ``keys`` / ``values`` are views of the filled prefix, so attention sees only real positions.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+        self._keys = self._values = None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self._keys is None:
+            batch, heads, _, dim = key_states.shape
+            shape = (batch, heads, self.capacity, dim)
+            self._keys = key_states.new_zeros(shape)
+            self._values = value_states.new_zeros(shape[:3] + value_states.shape[-1:])
+            self.device, self.is_initialized = key_states.device, True
+        end = self.length + key_states.shape[-2]
+        self._keys[:, :, self.length : end] = key_states
+        self._values[:, :, self.length : end] = value_states
+        self.length = end
+        self._refresh()
+        return self.keys, self.values
+
+    def _refresh(self) -> None:
+        self.keys = self._keys[:, :, : self.length]
+        self.values = self._values[:, :, : self.length]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._keys = self._keys.repeat_interleave(repeats, 0)
+        self._values = self._values.repeat_interleave(repeats, 0)
+        self._refresh()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._refresh()
+
+
+def preallocated_cache(model: PreTrainedModel, capacity: int) -> Cache:
+    """A cache whose layers hold ``capacity`` positions each."""
+    layers = model.config.get_text_config().num_hidden_layers
+    return Cache(layers=[PreallocatedLayer(capacity) for _ in range(layers)])
 
 
 @dataclass(frozen=True)
@@ -120,7 +168,7 @@ def generate(
     model.eval()
     device = next(model.parameters()).device
     p_ids, p_mask = left_pad(prompt_ids, pad_token_id)
-    cache = DynamicCache()
+    cache = preallocated_cache(model, p_ids.shape[1] + params.max_new_tokens)
     out = model(
         input_ids=p_ids.to(device),
         attention_mask=p_mask.to(device),

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 import torch
 
 from grpokit.algorithms import PolicyLossInputs, group_advantages, policy_loss, token_weights
+from grpokit.batching import MicroBatch, plan_micro_batches, sorted_plan
 from grpokit.config import GRPOConfig, write_resolved
 from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
 from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
@@ -124,31 +125,29 @@ class GRPOTrainer:
             trainer_state=SimpleNamespace(global_step=self.step_index, max_steps=self.args.max_steps),
         )
 
-    def micro_batches(self, n: int) -> list[torch.Tensor]:
-        """Row indices of each micro-batch: whole groups when ``micro_batch_size >= G``."""
-        size, group = self.args.micro_batch_size, self.args.num_generations
-        if size >= group:
-            size -= size % group
-        return [torch.arange(start, min(start + size, n)) for start in range(0, n, size)]
+    def micro_batches(self, rollout: Rollout) -> list[MicroBatch]:
+        """The cheaper split of the step's completions (see ``grpokit.batching``)."""
+        lengths = rollout.completion_lengths()
+        size = self.args.micro_batch_size
+        if self.model.is_activation_checkpointing:  # HF drops the KV cache under checkpointing
+            return sorted_plan(lengths, rollout.prompt_mask.sum(1), rollout.group_size, size)[0]
+        return plan_micro_batches(lengths, rollout.prompt_mask.sum(1), rollout.group_size, size)
 
-    def _forward(self, model, rollout: Rollout, rows: torch.Tensor, with_entropy: bool):
-        """Log-probs (and entropies) ``(n, w)`` of completions ``rows``, ``w`` = their longest.
+    def _forward(self, model, rollout: Rollout, batch: MicroBatch, with_entropy: bool):
+        """Log-probs (and entropies) ``(n, w)`` of the batch's completions, ``w`` their longest.
 
-        Whole groups run their prompt once (shared prefix); otherwise each row carries its
-        prompt. Padding columns that no row in ``rows`` uses are trimmed first.
+        Padding columns that no row of the micro-batch uses are trimmed first.
         """
-        group = rollout.group_size
+        rows, group = batch.rows, rollout.group_size
         width = int(rollout.completion_mask[rows].sum(1).max().clamp(min=1))
         completion_ids = rollout.completion_ids[rows, :width].to(self.device)
         completion_mask = rollout.completion_mask[rows, :width].to(self.device)
-        whole_groups = (len(rows) % group == 0 and int(rows[0]) % group == 0
-                        and not model.is_activation_checkpointing)  # HF drops the cache under GC
-        prompts = rows[::group] // group if whole_groups else rows // group
+        prompts = rows[::group] // group if batch.shared_prefix else rows // group
         prompt_mask = rollout.prompt_mask[prompts]
         first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # drop all-padding columns
         prompt_ids = rollout.prompt_ids[prompts, first:].to(self.device)
         prompt_mask = prompt_mask[:, first:].to(self.device)
-        forward = shared_prefix_logprobs if whole_groups else completion_logprobs
+        forward = shared_prefix_logprobs if batch.shared_prefix else completion_logprobs
         return forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                        self.args.temperature, with_entropy)
 
@@ -158,17 +157,17 @@ class GRPOTrainer:
         ref = torch.zeros(rollout.completion_ids.shape)
         adapters_off = self.model.disable_adapter() if self.ref_model is None else nullcontext()
         with adapters_off:
-            for rows in self.micro_batches(rollout.num_completions):
-                logp = self._forward(self.ref_model or self.model, rollout, rows, False)[0]
-                ref[rows, : logp.shape[1]] = logp.float().cpu()
+            for micro in self.micro_batches(rollout):
+                logp = self._forward(self.ref_model or self.model, rollout, micro, False)[0]
+                ref[micro.rows, : logp.shape[1]] = logp.float().cpu()
         return ref
 
     def policy_pass(self, batch: StepBatch) -> dict[str, float]:
         """One optimizer step on the whole batch; returns that pass's loss statistics."""
         args, totals = self.args, {}
-        for rows in self.micro_batches(batch.rollout.num_completions):
-            logp, entropy = self._forward(self.model, batch.rollout, rows, with_entropy=True)
-            width = logp.shape[1]
+        for micro in self.micro_batches(batch.rollout):
+            logp, entropy = self._forward(self.model, batch.rollout, micro, with_entropy=True)
+            rows, width = micro.rows, logp.shape[1]
             take = lambda t: t[rows, :width].to(self.device)  # noqa: E731
             old = logp.detach() if args.num_iterations == 1 else take(batch.rollout.sampling_logp)
             ref = take(batch.ref_logp) if batch.ref_logp is not None else None

@@ -1,0 +1,49 @@
+"""Shared tiny-model fixtures (CPU, no downloads)."""
+
+import pytest
+import torch
+
+from grpokit.models import build_char_tokenizer, create_tiny_model
+
+TINY = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
+
+
+def make_varied_model(tokenizer, seed: int = 0, eos_scale: float = 1.7):
+    """A tiny Llama whose greedy outputs vary by prompt and sometimes end in EOS.
+
+    The default init (std 0.02) makes every prompt produce one repeated token; re-drawing the
+    matrices at std 2/sqrt(fan_in) gives varied text, and scaling the (tied) EOS row of the
+    output embedding makes EOS the argmax at some steps but not others.
+    """
+    model = create_tiny_model(tokenizer, **TINY)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * 2.0 / param.shape[1] ** 0.5)
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] *= eos_scale
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=False)
+def single_thread():
+    """Tiny models run much faster on one thread, above all when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(char_tokenizer):
+    return create_tiny_model(char_tokenizer, **TINY).eval()
+
+
+@pytest.fixture(scope="session")
+def varied_model(char_tokenizer):
+    return make_varied_model(char_tokenizer)
