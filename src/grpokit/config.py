@@ -27,11 +27,18 @@ class Section(BaseModel):
     @classmethod
     def _reject_unknown_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            # an empty YAML section (``grpo:`` with nothing under it) means "all defaults"
+            data = {k: ({} if v is None and _is_section(cls, k) else v) for k, v in data.items()}
             valid = list(cls.model_fields)
             for key in data:
                 if key not in valid:
                     raise ConfigError(unknown_key_message(str(key), valid, cls.__name__))
         return data
+
+
+def _is_section(model: type[BaseModel], key: str) -> bool:
+    field = model.model_fields.get(key)
+    return field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, Section)
 
 
 def unknown_key_message(key: str, valid: list[str], where: str) -> str:
@@ -221,7 +228,9 @@ def apply_override(tree: dict, dotted: str) -> None:
     *parents, leaf = path.strip().split(".")
     node = tree
     for key in parents:
-        node = node.setdefault(key, {})
+        if node.get(key) is None:  # absent, or an empty YAML section
+            node[key] = {}
+        node = node[key]
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
     node[leaf] = yaml.safe_load(raw)

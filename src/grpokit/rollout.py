@@ -166,6 +166,14 @@ def generate(
     """Sample ``group_size`` completions for each prompt (token lists, unpadded)."""
     was_training = model.training
     model.eval()
+    try:
+        return _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id,
+                         generator)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id, generator):
     device = next(model.parameters()).device
     p_ids, p_mask = left_pad(prompt_ids, pad_token_id)
     cache = preallocated_cache(model, p_ids.shape[1] + params.max_new_tokens)
@@ -182,7 +190,6 @@ def generate(
     decoded = _decode(model, out.logits[:, -1].float().repeat_interleave(group_size, 0), cache,
                       p_mask.repeat_interleave(group_size, 0).to(device), params,
                       eos_token_id, generator)
-    model.train(was_training)
     tokens, logps, lengths, truncated = decoded
     completion_mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]  # (N, Tc)
     return Rollout(

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpokit.config import SFTConfig, write_resolved
 from grpokit.data import load_rows, render_prompt, validate_sft_rows
+from grpokit.rewards.rules import completion_text
 from grpokit.monitoring import MetricsWriter, progress_bar
 from grpokit.models import save_model
 from grpokit.trainers.common import final_model, resolve_model, write_summary
@@ -75,7 +76,8 @@ class SFTTrainer:
         self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
                                                                 peft_config)
         self.examples = [
-            encode_demonstration(render_prompt(r["prompt"], self.tokenizer), r["completion"],
+            encode_demonstration(render_prompt(r["prompt"], self.tokenizer),
+                                 completion_text(r["completion"]),
                                  self.tokenizer, args.max_length)
             for r in rows
         ]
