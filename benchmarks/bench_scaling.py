@@ -30,17 +30,10 @@ FACTORS = {"G": [4, 8, 16, 32], "completion": [64, 128, 256, 512],
 PROMPTS = 4
 
 
-def no_eos_tokenizer(model_dir):
-    """The checkpoint's tokenizer with EOS pointed at an id the model never samples (-1)."""
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
-    tokenizer.eos_token_id = -1
-    return tokenizer
-
-
 def run_point(setting: dict, steps: int) -> dict:
     """Train ``steps + 1`` steps at ``setting``; return median phase seconds and token counts."""
+    from transformers import PreTrainedTokenizerFast
+
     from grpokit import GRPOConfig, GRPOTrainer
     from grpokit.models import load_model
 
@@ -53,7 +46,8 @@ def run_point(setting: dict, steps: int) -> dict:
         trainer = GRPOTrainer(model=str(model_dir), args=args,
                               reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
                               train_dataset=[{"prompt": p} for p in prompts],
-                              processing_class=no_eos_tokenizer(model_dir))
+                              processing_class=PreTrainedTokenizerFast.from_pretrained(model_dir))
+        trainer.eos_token_id = -1  # never sampled: every completion is exactly `completion` long
         trainer.train(show_progress=False)
         metrics = [json.loads(line) for line in open(Path(out) / "metrics.jsonl")][1:]
     median = lambda key: statistics.median(m[key] for m in metrics)  # noqa: E731

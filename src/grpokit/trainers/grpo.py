@@ -82,6 +82,7 @@ class GRPOTrainer:
         self.sampling = SamplingParams(args.max_completion_length, args.temperature,
                                        args.top_p, args.top_k)
         self.generator = torch.Generator(self.device).manual_seed(args.seed)
+        self.eos_token_id = self.tokenizer.eos_token_id  # where sampling stops
         self.step_index = 0
 
     def _frozen_copy(self):
@@ -100,7 +101,7 @@ class GRPOTrainer:
         args, started = self.args, time.perf_counter()
         prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
         rollout = generate(self.model, prompt_ids, args.num_generations, self.sampling,
-                           self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.generator)
+                           self.eos_token_id, self.tokenizer.pad_token_id, self.generator)
         timings["generate"] = time.perf_counter() - started
         started = time.perf_counter()
         rewards = self.score(rows, rollout)
