@@ -93,7 +93,7 @@ def run_grpokit(model_dir, tokenizer, prompts, mu, steps, reward, out_dir) -> li
 
     args = GRPOConfig(output_dir=out_dir, prompts_per_step=PROMPTS, num_generations=G,
                       max_completion_length=COMPLETION, beta=BETA, loss_type="grpo",
-                      num_iterations=mu, max_steps=steps, learning_rate=1e-6)
+                      num_iterations=mu, max_steps=steps, learning_rate=1e-6, bf16=on_gpu())
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[reward], args=args,
                           train_dataset=[{"prompt": p} for p in prompts],
                           processing_class=tokenizer)

@@ -228,3 +228,14 @@ def test_gradient_checkpointing_gives_the_same_gradient(tmp_path):
 
     for plain, checkpointed in zip(grads(False), grads(True)):
         torch.testing.assert_close(plain, checkpointed, atol=1e-6, rtol=1e-4)
+
+
+def test_bf16_autocast_trains_and_keeps_fp32_weights(tmp_path):
+    model, tokenizer = tiny()
+    trainer = GRPOTrainer(model=model, reward_funcs=[fraction_of_a],
+                          args=config(tmp_path, bf16=True, beta=0.04),
+                          train_dataset=ROWS, processing_class=tokenizer)
+    trainer.train(show_progress=False)
+    lines = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(lines) == 2 and all(torch.isfinite(torch.tensor(m["loss"])) for m in lines)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())

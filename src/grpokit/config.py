@@ -95,6 +95,9 @@ class OptimConfig(Section):
     """Dropout on the LoRA input."""
     lora_target_modules: list[str] | str = "all-linear"
     """Modules that get adapters: 'all-linear' or a list of module names such as [q_proj, v_proj]."""
+    bf16: bool = False
+    """Run model forward passes under bfloat16 autocast (weights and optimizer stay fp32); meant
+    for GPUs with bf16 support."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (the training forward then runs each
     completion with its own prompt instead of sharing the prompt across the group)."""

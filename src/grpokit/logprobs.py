@@ -50,8 +50,9 @@ class _LinearLogprob(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature):
-        with torch.no_grad():
-            logp_all = (hidden @ weight.T).float().div_(temperature).log_softmax(-1)  # (n, V)
+        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+            logits = hidden.to(weight.dtype) @ weight.T  # (n, V), in the head's own precision
+            logp_all = logits.float().div_(temperature).log_softmax(-1)  # (n, V)
             logp = logp_all.gather(-1, targets[:, None]).squeeze(1)  # (n,)
             entropy = -(logp_all.exp() * logp_all).sum(-1)  # (n,)
         ctx.save_for_backward(hidden, weight, targets)
@@ -62,12 +63,13 @@ class _LinearLogprob(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy):
         hidden, weight, targets = ctx.saved_tensors
-        probs = (hidden @ weight.T).float().div_(ctx.temperature).softmax(-1)  # (n, V)
-        grad_logits = probs.mul_(-grad_logp[:, None])  # (n, V)
-        grad_logits[torch.arange(len(targets)), targets] += grad_logp
-        grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)
-        grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad_logits.T @ hidden if ctx.needs_input_grad[1] else None
+        hidden_w = hidden.to(weight.dtype)
+        probs = (hidden_w @ weight.T).float().div_(ctx.temperature).softmax(-1)  # (n, V)
+        grad_logits = probs.mul_(-grad_logp[:, None].float())  # (n, V)
+        grad_logits[torch.arange(len(targets)), targets] += grad_logp.float()
+        grad_logits = grad_logits.div_(ctx.temperature).to(weight.dtype)
+        grad_hidden = (grad_logits @ weight).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = grad_logits.T @ hidden_w if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_weight, None, None
 
 

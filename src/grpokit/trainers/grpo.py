@@ -100,8 +100,9 @@ class GRPOTrainer:
         """Sample G completions per row, score them, and compute advantages and weights."""
         args, started = self.args, time.perf_counter()
         prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
-        rollout = generate(self.model, prompt_ids, args.num_generations, self.sampling,
-                           self.eos_token_id, self.tokenizer.pad_token_id, self.generator)
+        with self.autocast():
+            rollout = generate(self.model, prompt_ids, args.num_generations, self.sampling,
+                               self.eos_token_id, self.tokenizer.pad_token_id, self.generator)
         timings["generate"] = time.perf_counter() - started
         started = time.perf_counter()
         rewards = self.score(rows, rollout)
@@ -149,8 +150,13 @@ class GRPOTrainer:
         prompt_ids = rollout.prompt_ids[prompts, first:].to(self.device)
         prompt_mask = prompt_mask[:, first:].to(self.device)
         forward = shared_prefix_logprobs if batch.shared_prefix else completion_logprobs
-        return forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                       self.args.temperature, with_entropy)
+        with self.autocast():
+            return forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                           self.args.temperature, with_entropy)
+
+    def autocast(self):
+        """bfloat16 autocast when ``args.bf16``; otherwise a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
 
     @torch.no_grad()
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
