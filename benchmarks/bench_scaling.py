@@ -4,7 +4,7 @@ One factor at a time from a base of P = 4 prompts, G = 8, 128 completion tokens,
 prompts and the 4M-parameter (block) Qwen2 with the character vocabulary. EOS is disabled, so
 every completion is exactly ``completion`` tokens and the token counts are exact. Each row is
 the median of ``--steps`` steps after one warm-up step, split into generate / reference /
-train seconds (the reference pass is what is left of the step after the other three).
+train seconds.
 
     python benchmarks/bench_scaling.py
     python benchmarks/bench_scaling.py --factors G,completion --steps 2
@@ -55,7 +55,7 @@ def run_point(setting: dict, steps: int) -> dict:
     completion_tokens = PROMPTS * setting["G"] * setting["completion"]
     return {**setting, "block_params": block_parameters(load_model(model_dir)),
             "step_s": step, "generate_s": gen, "train_s": train,
-            "reference_s": step - gen - train - median("time/score"),
+            "reference_s": median("time/reference"),
             "completion_tokens": completion_tokens,
             "completion_tokens_per_s": completion_tokens / step}
 

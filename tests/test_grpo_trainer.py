@@ -135,7 +135,7 @@ def test_metrics_line_has_every_documented_key(tmp_path):
                 "reward/frac_zero_std", "advantage/mean", "advantage/std", "kl", "entropy",
                 "clip_ratio/low", "clip_ratio/high", "clip_ratio/region", "completion/mean_length",
                 "completion/min_length", "completion/max_length", "completion/truncated_frac",
-                "learning_rate", "grad_norm", "time/generate", "time/score", "time/train",
+                "learning_rate", "grad_norm", "time/generate", "time/score", "time/reference", "time/train",
                 "completion_tokens_per_s"]:
         assert key in line, key
     assert (tmp_path / "run" / "checkpoint-1" / "config.json").is_file()

@@ -112,7 +112,9 @@ class GRPOTrainer:
         if args.mask_truncated_completions:
             loss_mask = loss_mask * (~rollout.truncated).float()[:, None]
         weights = token_weights(loss_mask, args.loss_type, args.max_completion_length)
+        started = time.perf_counter()
         ref_logp = self.reference_logprobs(rollout) if args.beta > 0 else None
+        timings["reference"] = time.perf_counter() - started
         return StepBatch(rollout, rewards, advantages, loss_mask, weights, ref_logp)
 
     def score(self, rows: list[dict], rollout: Rollout) -> RewardBatch:
