@@ -28,16 +28,17 @@ from bench_scaling import CACHE, run_point  # noqa: E402
 from grpokit.models import load_model  # noqa: E402
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Best observed fp32 ``torch.mm`` throughput for ``size × size`` matrices."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
+def matmul_peak_gflops(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 10) -> float:
+    """Best observed fp32 ``torch.mm`` throughput over square sizes and repeats, in GFLOP/s."""
+    best = 0.0
+    for size in sizes:
+        a, b = torch.randn(size, size), torch.randn(size, size)
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2 * size**3 / (time.perf_counter() - started) / 1e9)
+    return best
 
 
 def forward_flops(config, body_params: int, head_params: int, new_tokens: int,
