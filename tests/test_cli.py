@@ -79,11 +79,16 @@ def test_demo_writes_stage_results_through_the_installed_entry_point(tmp_path):
     overrides = ["sft.max_steps=3", "grpo.max_steps=1", "grpo.prompts_per_step=2",
                  "data.num_train=32", "data.num_test=3", "eval.num_problems=3",
                  "eval.num_samples=2", "eval.max_completion_length=8",
-                 "grpo.max_completion_length=8"]
+                 "grpo.max_completion_length=8", "sample.num_prompts=4",
+                 "sample.max_completion_length=8", "sample.min_rewards={}", "rm.max_steps=2",
+                 "pipeline.stages.sft2.overrides.sft.max_steps=2",
+                 "pipeline.stages.rm.overrides.data.num_train=8",
+                 "pipeline.stages.grpo2.overrides.grpo.max_steps=1"]
     subprocess.run([sys.executable, "-m", "grpokit.cli", "demo", "--output-dir", str(out),
                     "--no-progress", *overrides], check=True, capture_output=True)
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["name"] for s in summary["stages"]] == ["sft", "grpo"]
+    assert [s["name"] for s in summary["stages"]] == ["sft", "grpo", "sample", "sft2", "rm", "grpo2"]
     for stage in summary["stages"]:
-        assert set(stage["eval"]) >= {"pass@1", "greedy_accuracy", "maj@k", "pass@k",
-                                      "format_rate", "mean_completion_length"}
+        if stage["type"] in ("sft", "grpo"):
+            assert set(stage["eval"]) >= {"pass@1", "greedy_accuracy", "maj@k", "pass@k", "format_rate",
+                                          "mean_completion_length", "reward_model_score"}

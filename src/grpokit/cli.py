@@ -1,15 +1,18 @@
-"""``grpokit demo | sft | train | eval``: each stage from a YAML config plus dotted overrides."""
+"""``grpokit demo | sft | train | ppo | sample | rm | eval | pipeline``: each stage from a YAML
+config plus dotted overrides."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
 import typer
 from transformers.utils import logging as hf_logging
 
 from grpokit.config import ConfigError, RunConfig, load_config
 from grpokit.demo import run_demo
-from grpokit.stages import base_model, run_eval, run_grpo, run_sft
+from grpokit.pipeline import run_pipeline
+from grpokit.stages import base_model, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="GRPO training for language models. Overrides: key.path=value.")
@@ -20,6 +23,8 @@ ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress
 
 
 hf_logging.disable_progress_bar()  # per-file load/save bars; the stages show their own
+hf_logging.set_verbosity_error()  # e.g. the "score.weight newly initialized" report of reward models
+datasets.disable_progress_bars()
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
@@ -36,7 +41,8 @@ def demo(
     overrides: list[str] = OverridesArg,
     progress: bool = ProgressOpt,
 ) -> None:
-    """Train the embedded default on digit sums: SFT, then GRPO, with held-out results."""
+    """The R1 recipe on the embedded default (digit sums): SFT, GRPO, rejection sampling, SFT,
+    reward model, GRPO with the reward model; held-out results of every stage."""
     try:
         run_demo(output_dir, overrides or [], show_progress=progress)
     except ConfigError as error:
@@ -58,6 +64,42 @@ def train(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progres
     cfg = _load(config, overrides)
     model_dir = run_grpo(cfg, base_model(cfg, cfg.grpo.output_dir), progress)
     typer.echo(f"model: {model_dir}")
+
+
+@app.command()
+def ppo(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
+    """PPO with a value model, the `ppo` section and the `rewards` list."""
+    cfg = _load(config, overrides)
+    model_dir = run_ppo(cfg, base_model(cfg, cfg.ppo.output_dir), progress)
+    typer.echo(f"model: {model_dir}")
+
+
+@app.command()
+def sample(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
+    """Rejection sampling: k completions per prompt, kept if they pass the verifiers; an SFT set."""
+    cfg = _load(config, overrides)
+    data_path = run_sample(cfg, base_model(cfg, cfg.sample.output_dir), progress)
+    typer.echo(f"sft set: {data_path}")
+
+
+@app.command()
+def rm(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
+    """Train a Bradley-Terry reward model on {prompt, chosen, rejected} pairs (the `rm` section)."""
+    cfg = _load(config, overrides)
+    model_dir = run_rm(cfg, base_model(cfg, cfg.rm.output_dir), progress)
+    typer.echo(f"reward model: {model_dir}")
+
+
+@app.command()
+def pipeline(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
+    """Run the `pipeline.stages` in order; finished stages are skipped when started again."""
+    from grpokit.demo import results_table
+    from rich.console import Console
+
+    cfg = _load(config, overrides)
+    summary = run_pipeline(cfg, progress)
+    Console().print(results_table(summary["stages"]))
+    typer.echo(f"summary: {Path(cfg.pipeline.output_dir) / 'summary.json'}")
 
 
 @app.command("eval")

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from grpokit.data import DEFAULT_SYSTEM_PROMPT
+
 
 class ConfigError(ValueError):
     """A config key or value that is not valid; the message names the key and the source."""
@@ -159,6 +161,124 @@ class GRPOConfig(OptimConfig):
     """Prompts longer than this many tokens are cut at the left (None: keep whole)."""
     max_completion_length: int = Field(256, ge=1)
     """Most tokens sampled per completion."""
+    process_reward: str | None = None
+    """Process supervision (DeepSeekMath §4.1.3): a registered process reward ('digit_sum_steps'),
+    'package.module:function', or a sequence-classification model directory, scoring each step.
+    Token advantages then sum the group-normalised scores of the current and later steps; they
+    replace outcome advantages, or are added to them when reward functions are also given."""
+    step_separator: str = Field("\n", min_length=1)
+    """Text between reasoning steps for process_reward (the digit_sum scratchpad uses ',')."""
+    ref_model_sync_steps: int = Field(0, ge=0)
+    """Iterative GRPO (DeepSeekMath Algorithm 1): move the reference model to the policy every this
+    many steps (needs beta > 0 and no LoRA); 0: never. TRL: sync_ref_model + ref_model_sync_steps."""
+    ref_model_mixup_alpha: float = Field(1.0, gt=0, le=1)
+    """At each sync, reference = alpha * policy + (1 - alpha) * reference; 1.0 is DeepSeekMath's
+    reset (TRL's default is 0.6)."""
+
+
+class RewardModelConfig(OptimConfig):
+    """Reward-model training: one step is one optimizer step on a batch of preference pairs."""
+
+    output_dir: str = "runs/rm"
+    """Where the resolved config, metrics.jsonl, the model and summary.json are written."""
+    learning_rate: float = Field(2e-5, gt=0)
+    """Peak AdamW learning rate (DeepSeekMath's reward model: 2e-5)."""
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "linear"
+    """Schedule after warm-up: constant, linear decay to 0, or cosine decay to 0."""
+    per_device_train_batch_size: int = Field(8, ge=1)
+    """Preference pairs per optimizer step (each pair is two sequences)."""
+    max_length: int = Field(1024, ge=2)
+    """Tokens kept per prompt + response; longer ones lose their first tokens (the score is
+    read at the last one)."""
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    """Share of the pairs held out to measure pair accuracy before and after training (ignored
+    when an eval dataset is given; 0: no held-out pairs)."""
+
+
+class PPOConfig(OptimConfig):
+    """PPO with a value model: one step samples ``prompts_per_step × num_generations``
+    completions, scores them, and takes ``num_ppo_epochs`` optimizer steps on that batch.
+    Names follow TRL's ``PPOConfig``."""
+
+    output_dir: str = "runs/ppo"
+    """Where the resolved config, metrics.jsonl, checkpoints and summary.json are written."""
+    prompts_per_step: int = Field(64, ge=1)
+    """Unique prompts sampled per step."""
+    num_generations: int = Field(1, ge=1)
+    """Completions per prompt; PPO needs 1, more only matches another run's sample budget."""
+    num_ppo_epochs: int = Field(4, ge=1)
+    """Optimizer steps on each sampled batch (old log-probs and values come from sampling)."""
+    micro_batch_size: int = Field(16, ge=1)
+    """Completions per forward/backward pass; bounds memory only, never changes the math."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount over completion tokens (InstructGPT: 1, no discount)."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """GAE λ: 0 is the one-step TD error, 1 the Monte-Carlo return minus the value."""
+    cliprange: float = Field(0.2, gt=0, lt=1)
+    """Policy ratios outside [1 - cliprange, 1 + cliprange] are clipped."""
+    cliprange_value: float = Field(0.2, gt=0)
+    """New values further than this from the sampling-time values are clipped in the value loss."""
+    vf_coef: float = Field(0.1, ge=0)
+    """Weight of the value loss in the joint loss."""
+    kl_coef: float = Field(0.05, ge=0)
+    """Per-token KL penalty in the reward (k1 against the frozen reference). 0: no reference model kept."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0, std 1 over the batch's completion tokens."""
+    value_model_path: str | None = None
+    """A model directory to load the value model from (a token- or sequence-classification
+    checkpoint, or a causal LM whose backbone gets a fresh scalar head). None: the policy's own
+    checkpoint with a fresh scalar head."""
+    reward_weights: list[float] | None = None
+    """Weight of each reward function in the score; None weighs each 1."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature; log-probs in the loss use the same temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    top_k: int = Field(0, ge=0)
+    """Sample only among the k most likely tokens (0: off)."""
+    max_prompt_length: int | None = Field(None, ge=1)
+    """Prompts longer than this many tokens are cut at the left (None: keep whole)."""
+    max_completion_length: int = Field(256, ge=1)
+    """Most tokens sampled per completion."""
+
+
+class SampleConfig(Section):
+    """Rejection sampling: k completions per prompt, kept when they pass the verifiers."""
+
+    output_dir: str = "runs/sample"
+    """Where sft.jsonl (the kept completions with provenance) and summary.json are written."""
+    num_samples: int = Field(8, ge=1)
+    """Completions sampled per prompt (k)."""
+    num_prompts: int | None = Field(None, ge=1)
+    """Training prompts to sample from (None: all of them)."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    max_completion_length: int = Field(256, ge=1)
+    """Most tokens sampled per completion."""
+    min_rewards: dict[str, float] = Field(default_factory=lambda: {"format": 1.0, "correctness": 1.0})
+    """Verifiers: a completion is kept only if each named reward (from `rewards`) is at least this
+    value; a reward that returns None for a sample does not block it."""
+    judge: dict[str, Any] | None = None
+    """Optional LLM judge (the keys of grpokit.rewards.judge.JudgeConfig); asked only about
+    completions that passed the verifiers."""
+    judge_min_score: float = Field(0.5, ge=0, le=1)
+    """Normalised judge score a completion needs to be kept."""
+    near_duplicate_threshold: float = Field(0.9, gt=0, le=1)
+    """Drop a completion whose character 3-gram Jaccard similarity to one already kept for the
+    same prompt is at least this (1.0: exact duplicates only)."""
+    max_per_prompt: int = Field(2, ge=1)
+    """Most completions kept per prompt."""
+    difficulty_column: str | None = None
+    """Dataset column that names each prompt's difficulty for the acceptance report; None buckets
+    prompts by the share of their samples that pass the verifiers."""
+    batch_prompts: int = Field(64, ge=1)
+    """Prompts sampled together (memory bound only)."""
+    seed: int = 0
+    """Sampling seed."""
+    device: str = "auto"
+    """'auto' picks CUDA when present, else CPU."""
 
 
 class EvalConfig(Section):
@@ -199,6 +319,45 @@ class DataConfig(Section):
     """Seed of the task generator."""
     test_path: str | None = None
     """Held-out rows (prompt, answer) for `grpokit eval`; None generates them from the task."""
+    format: Literal["none", "gsm8k", "math"] = "none"
+    """Row format of path/test_path: 'gsm8k' (question, answer ending '#### 42') or 'math' (problem,
+    solution with \\boxed{}) become prompt + final answer; 'none' reads prompt/answer as they are."""
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    """System message put before each gsm8k/math question (None: no system message)."""
+    chat: bool = True
+    """Make gsm8k/math prompts chat-message lists (rendered with the tokenizer's chat template)."""
+
+
+class StageSpec(Section):
+    """One stage of `grpokit pipeline`."""
+
+    name: str = Field(min_length=1)
+    """Stage name: its directory under pipeline.output_dir, and how later stages refer to it."""
+    type: Literal["sft", "grpo", "ppo", "rejection_sample", "rm"]
+    """What the stage runs; sft/grpo/ppo produce a policy, rejection_sample an SFT set, rm a
+    reward model."""
+    init: str = "previous"
+    """Model the stage starts from: 'previous' (the latest policy), 'base' (the run's model), or
+    an earlier stage's name."""
+    data_from: str | None = None
+    """For sft: an earlier rejection_sample stage whose sft.jsonl is this stage's training set."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Run-config keys for this stage only, merged over the top-level config, e.g.
+    {grpo: {max_steps: 50}, rewards: [...]}; the string '${stage}' becomes that stage's output."""
+    evaluate: bool = True
+    """Evaluate the stage's policy on the held-out problems (policy stages only)."""
+
+
+class PipelineConfig(Section):
+    """`grpokit pipeline`: stages run in order, each policy stage starting from the previous one."""
+
+    output_dir: str = "runs/pipeline"
+    """Each stage writes to output_dir/<stage name>; pipeline_state.json records finished stages."""
+    stages: list[StageSpec] = Field(default_factory=list)
+    """The stages, in order (names must be unique)."""
+    score_with: str | None = None
+    """An rm stage whose reward model scores every evaluated stage's held-out samples (reported as
+    eval.reward_model_score)."""
 
 
 class RunConfig(Section):
@@ -208,22 +367,33 @@ class RunConfig(Section):
     """A local save_pretrained model directory, or 'embedded' (create the built-in default)."""
     data: DataConfig = Field(default_factory=DataConfig)
     """Prompt source."""
-    rewards: list[str] = Field(default_factory=lambda: ["format", "correctness"])
-    """Reward functions by registered name or 'package.module:function'."""
+    rewards: list[str | dict[str, Any]] = Field(default_factory=lambda: ["format", "correctness"])
+    """Reward functions by registered name or 'package.module:function'; a mapping {name: ..., **kwargs} binds keyword arguments."""
     sft: SFTConfig = Field(default_factory=SFTConfig)
     """Stage settings for `grpokit sft`."""
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     """Stage settings for `grpokit train`."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Stage settings for `grpokit eval`."""
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    """Stage settings for `grpokit sample` (rejection sampling)."""
+    rm: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    """Stage settings for `grpokit rm` (reward-model training)."""
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    """Stage settings for `grpokit ppo`."""
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    """Stages for `grpokit pipeline`."""
 
 
 def apply_override(tree: dict, dotted: str) -> None:
-    """Apply ``"a.b=value"`` to a nested dict; the value is parsed as YAML.
+    """Apply ``"a.b=value"`` to a nested dict; the value is parsed as YAML. In a list of named
+    entries (pipeline stages) a key picks the entry with that ``name``.
 
-    >>> tree = {"grpo": {"beta": 0.0}}
-    >>> apply_override(tree, "grpo.beta=0.04"); tree
-    {'grpo': {'beta': 0.04}}
+    >>> tree = {"grpo": {"beta": 0.0}, "stages": [{"name": "rm", "overrides": {}}]}
+    >>> apply_override(tree, "grpo.beta=0.04"); tree["grpo"]
+    {'beta': 0.04}
+    >>> apply_override(tree, "stages.rm.overrides.rm.max_steps=5"); tree["stages"]
+    [{'name': 'rm', 'overrides': {'rm': {'max_steps': 5}}}]
     """
     if "=" not in dotted:
         raise ConfigError(f"override {dotted!r} is not of the form key.path=value")
@@ -231,12 +401,23 @@ def apply_override(tree: dict, dotted: str) -> None:
     *parents, leaf = path.strip().split(".")
     node = tree
     for key in parents:
-        if node.get(key) is None:  # absent, or an empty YAML section
-            node[key] = {}
-        node = node[key]
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = _child(node, key, dotted)
     node[leaf] = yaml.safe_load(raw)
+
+
+def _child(node: dict | list, key: str, dotted: str) -> dict:
+    """The section ``key`` of ``node`` (created when absent), or the list entry named ``key``."""
+    if isinstance(node, list):
+        named = [entry for entry in node if isinstance(entry, dict) and entry.get("name") == key]
+        if not named:
+            names = [entry.get("name") for entry in node if isinstance(entry, dict)]
+            raise ConfigError(f"override {dotted!r}: no entry named {key!r} (entries: {names})")
+        return named[0]
+    if node.get(key) is None:  # absent, or an empty YAML section
+        node[key] = {}
+    if not isinstance(node[key], (dict, list)):
+        raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    return node[key]
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -25,13 +25,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
     "DatasetError",
+    "PROMPT_FORMATS",
     "PromptStream",
     "SUPPORTED_EXTENSIONS",
+    "boxed_answer",
     "extra_columns",
+    "gsm8k_answer",
     "is_conversational",
     "load_rows",
     "render_prompt",
+    "to_prompt_rows",
     "validate_prompt_rows",
     "validate_sft_rows",
 ]
@@ -312,6 +317,140 @@ def _short(value: Any, limit: int = 200) -> str:
     """
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------ public dataset formats
+
+#: System prompt asking for the tags the ``format`` and answer rewards read.
+DEFAULT_SYSTEM_PROMPT = (
+    "Think through the problem step by step, then give the final answer alone. "
+    "Respond in exactly this format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
+)
+
+
+def gsm8k_answer(text: Any) -> str | None:
+    r"""The final answer of a GSM8K solution: the text after its last ``####``, commas removed.
+
+    None when there is no ``####`` or nothing follows it.
+
+    >>> gsm8k_answer("She has 40 + 2 = <<40+2=42>>42 apples.\n#### 42")
+    '42'
+    >>> gsm8k_answer("#### 1,250 "), gsm8k_answer("no marker"), gsm8k_answer("#### ")
+    ('1250', None, None)
+    """
+    if not isinstance(text, str) or "####" not in text:
+        return None
+    final = text.rsplit("####", 1)[1].strip().replace(",", "")
+    return final or None
+
+
+_BOX_MARKERS = ("\\boxed{", "\\fbox{")
+
+
+def boxed_answer(text: Any) -> str | None:
+    r"""The content of the last top-level ``\boxed{…}`` (or ``\fbox{…}``), nested braces kept.
+
+    Escaped braces ``\{`` and ``\}`` do not count. None when there is no box or its
+    braces do not close.
+
+    >>> boxed_answer(r"so $x = \boxed{\frac{1}{2}}$ and \boxed{\{1, 2\}}.")
+    '\\{1, 2\\}'
+    >>> boxed_answer(r"\boxed{\frac{\sqrt{3}}{2}}"), boxed_answer(r"\boxed{3"), boxed_answer("3")
+    ('\\frac{\\sqrt{3}}{2}', None, None)
+    """
+    if not isinstance(text, str):
+        return None
+    found, position = None, 0
+    while True:
+        starts = [(text.find(m, position), m) for m in _BOX_MARKERS]
+        starts = [(i, m) for i, m in starts if i >= 0]
+        if not starts:
+            return found
+        start, marker = min(starts)
+        closed = _closing_brace(text, start + len(marker))
+        if closed is None:
+            return found
+        found, position = text[start + len(marker): closed], closed + 1
+
+
+def _closing_brace(text: str, begin: int) -> int | None:
+    r"""Index of the ``}`` closing a ``{`` just before ``begin``; None if it never closes.
+
+    A backslash escapes the next character, so ``\}`` does not close.
+
+    >>> _closing_brace(r"{a{b}\}c}d", 1)
+    8
+    """
+    depth, i = 1, begin
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+#: Dataset format -> (question column, solution column, final-answer extractor, what it expects).
+PROMPT_FORMATS = {
+    "gsm8k": ("question", "answer", gsm8k_answer, "a worked solution ending in '#### <answer>'"),
+    "math": ("problem", "solution", boxed_answer, "a solution holding \\boxed{<answer>}"),
+}
+
+
+def to_prompt_rows(rows: list[dict], format: str = "gsm8k", system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                   chat: bool = True, source_name: str = "dataset") -> list[dict]:
+    r"""Turn GSM8K rows (``question``, ``answer``) or MATH rows (``problem``, ``solution``)
+    into GRPO rows ``{"prompt", "answer"}``, ``answer`` being the final answer alone.
+
+    Args:
+        rows: rows as read by :func:`load_rows`.
+        format: ``"gsm8k"`` or ``"math"`` (see :data:`PROMPT_FORMATS`).
+        system_prompt: instructions put before the question; None or "" for none.
+        chat: True builds chat messages (a system message, then the question as the user
+            message); False builds one string, the system prompt and the question separated
+            by a blank line.
+        source_name: names the dataset in errors.
+
+    >>> rows = [{"question": "What is 6 times 7?", "answer": "6 * 7 = 42\n#### 42"}]
+    >>> to_prompt_rows(rows, system_prompt="Be brief.")
+    [{'prompt': [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'What is 6 times 7?'}], 'answer': '42'}]
+    >>> to_prompt_rows([{"problem": "Halve 1.", "solution": "$\\boxed{\\frac{1}{2}}$"}], "math", None, chat=False)
+    [{'prompt': 'Halve 1.', 'answer': '\\frac{1}{2}'}]
+    """
+    if format not in PROMPT_FORMATS:
+        raise ValueError(f"to_prompt_rows: unknown format {format!r}; expected one of {', '.join(PROMPT_FORMATS)}")
+    question_key, solution_key, extract, expected = PROMPT_FORMATS[format]
+    _check_rows_container(rows, source_name)
+    out = []
+    for i, row in enumerate(rows):
+        for key in (question_key, solution_key):
+            if not isinstance(row.get(key), str):
+                found = ", ".join(map(str, row)) or "none"
+                problem = (f"no '{key}' column (found columns: {found})" if key not in row
+                           else f"'{key}' is {type(row[key]).__name__} ({_short(row[key], 80)})")
+                raise DatasetError(f"{source_name} row {i}: {problem}; "
+                                   f"{format} rows need '{question_key}' and '{solution_key}' strings")
+        final = extract(row[solution_key])
+        if final is None:
+            raise DatasetError(f"{source_name} row {i}: cannot find the final answer in '{solution_key}' "
+                               f"({_short(row[solution_key], 120)}); expected {expected}")
+        out.append({"prompt": _question_prompt(row[question_key], system_prompt, chat), "answer": final.strip()})
+    return out
+
+
+def _question_prompt(question: str, system_prompt: str | None, chat: bool) -> str | list[dict]:
+    """Chat messages or one string holding the optional system prompt and the question."""
+    if chat:
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        return system + [{"role": "user", "content": question}]
+    return f"{system_prompt}\n\n{question}" if system_prompt else question
 
 
 # ------------------------------------------------------------------------------ stream

@@ -28,18 +28,19 @@ from grpokit.rollout import SamplingParams, generate
 
 def sample_texts(model, tokenizer, prompts: list, group_size: int, params: SamplingParams,
                  batch_prompts: int, generator: torch.Generator, on_batch=None):
-    """``group_size`` completions (texts, token counts) for each prompt, in prompt order."""
+    """``group_size`` completions (texts, token-id lists) for each prompt, in prompt order."""
     ids = [tokenizer(render_prompt(p, tokenizer), add_special_tokens=False)["input_ids"]
            for p in prompts]
-    texts, lengths = [], []
+    texts, completion_ids = [], []
     for start in range(0, len(ids), batch_prompts):
         rollout = generate(model, ids[start : start + batch_prompts], group_size, params,
                            tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
         texts += tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        lengths += rollout.completion_lengths().tolist()
+        completion_ids += [row[:n] for row, n in zip(rollout.completion_ids.tolist(),
+                                                     rollout.completion_lengths().tolist())]
         if on_batch:
             on_batch(min(batch_prompts, len(ids) - start))
-    return texts, lengths
+    return texts, completion_ids
 
 
 def score_problems(texts: list[str], greedy: list[str], answers: list, k: int) -> dict:
@@ -80,12 +81,12 @@ def evaluate(model, tokenizer, rows: list[dict], cfg: EvalConfig, show_progress:
     with progress_bar("eval", disable=not show_progress) as bar:
         task = bar.add_task("eval", total=2 * len(rows), status=f"k={cfg.num_samples}")
         advance = lambda n: bar.update(task, advance=n)  # noqa: E731
-        texts, lengths = sample_texts(model, tokenizer, prompts, cfg.num_samples, sampled,
+        texts, completion_ids = sample_texts(model, tokenizer, prompts, cfg.num_samples, sampled,
                                       cfg.batch_prompts, generator, advance)
         greedy, _ = sample_texts(model, tokenizer, prompts, 1, greedy_params,
                                  cfg.batch_prompts, generator, advance)
     metrics = score_problems(texts, greedy, answers, cfg.num_samples)
-    metrics["mean_completion_length"] = sum(lengths) / len(lengths)
+    metrics["mean_completion_length"] = sum(map(len, completion_ids)) / len(completion_ids)
     if samples_path is not None:
         write_samples(samples_path, rows, texts, greedy, cfg.num_samples)
     return metrics

@@ -69,7 +69,8 @@ def clipped_surrogate(ratio: Tensor, advantages: Tensor, epsilon_low: float, eps
 
     Args:
         ratio: (B, T) importance ratios.
-        advantages: (B,) one advantage per completion, shared by its tokens.
+        advantages: (B,) one advantage per completion, shared by its tokens, or (B, T) one per
+            token (process supervision).
         epsilon_low: ratio is clipped below at 1 - epsilon_low.
         epsilon_high: ratio is clipped above at 1 + epsilon_high (DAPO clip-higher when > epsilon_low).
 
@@ -81,9 +82,18 @@ def clipped_surrogate(ratio: Tensor, advantages: Tensor, epsilon_low: float, eps
         tensor([[-1.2800],
                 [ 0.8000]])
     """
-    adv = advantages[:, None]  # (B, 1)
+    adv = per_token(advantages)  # (B, 1) or (B, T)
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)  # (B, T)
     return -torch.min(ratio * adv, clipped * adv)  # (B, T)
+
+
+def per_token(advantages: Tensor) -> Tensor:
+    """Advantages shaped to broadcast against (B, T): (B,) becomes (B, 1); (B, T) stays.
+
+    >>> per_token(torch.tensor([1.0, -1.0])).shape, per_token(torch.zeros(2, 3)).shape
+    (torch.Size([2, 1]), torch.Size([2, 3]))
+    """
+    return advantages[:, None] if advantages.dim() == 1 else advantages
 
 
 class LossTypeFn(Protocol):
@@ -183,7 +193,7 @@ class PolicyLossInputs:
     old_logp: Tensor
     """(B, T) log-probs under the sampling policy (treated as constant)."""
     advantages: Tensor
-    """(B,) one advantage per completion."""
+    """(B,) one advantage per completion, or (B, T) one per token (process supervision)."""
     mask: Tensor
     """(B, T) float completion mask."""
     weights: Tensor
@@ -243,7 +253,7 @@ def policy_loss(
 def _clip_metrics(ratio: Tensor, advantages: Tensor, mask: Tensor, epsilon_low: float, epsilon_high: float) -> dict[str, Tensor]:
     """Counts of valid tokens whose surrogate is clipped (TRL definitions)."""
     valid = mask > 0  # (B, T)
-    adv = advantages[:, None]  # (B, 1)
+    adv = per_token(advantages)  # (B, 1) or (B, T)
     low = (ratio < 1 - epsilon_low) & (adv < 0) & valid  # (B, T)
     high = (ratio > 1 + epsilon_high) & (adv > 0) & valid  # (B, T)
     return {

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import math
 import numbers
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ __all__ = [
     "resolve_reward",
     "reward_metrics",
     "reward_name",
+    "reward_options",
     "score_completions",
 ]
 
@@ -59,6 +61,7 @@ RewardFunc = Callable[..., Sequence[float | None]]
 REWARD_REGISTRY: dict[str, RewardFunc] = {}
 
 _RESERVED_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state")
+_NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 class RewardFunctionError(ValueError):
@@ -135,14 +138,15 @@ def _as_func_list(reward_funcs: Any) -> list[RewardFunc]:
 
 
 def reward_name(fn: Any) -> str:
-    """``fn.__name__``, or the class name for callable objects.
+    """The registered name of a built-in reward, else ``fn.__name__``, or the class name for
+    callable objects; a partial's own ``__name__`` (an alias) when set, else its function's.
 
     >>> reward_name(len), reward_name(functools.partial(len))
     ('len', 'len')
     """
     if isinstance(fn, functools.partial):
-        return reward_name(fn.func)
-    return getattr(fn, "__name__", None) or type(fn).__name__
+        return getattr(fn, "__name__", None) or reward_name(fn.func)
+    return getattr(fn, "registered_name", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
 def _unique_names(names: list[str]) -> list[str]:
@@ -351,6 +355,7 @@ def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
                 f"{_qualname(existing)}; cannot register {_qualname(fn)}"
             )
         REWARD_REGISTRY[name] = fn
+        fn.registered_name = name  # metric keys use the name YAML users write
         return fn
 
     return decorator
@@ -361,20 +366,28 @@ def _qualname(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', reward_name(fn))}"
 
 
-def resolve_reward(spec: RewardFunc | str) -> RewardFunc:
-    """Turn a registered name or an import path ``"pkg.module:function"`` into a callable.
+def resolve_reward(spec: RewardFunc | str | Mapping[str, Any]) -> RewardFunc:
+    """Turn a registered name, an import path ``"pkg.module:function"`` or a mapping into a callable.
 
     Callables are returned unchanged. On a registry miss, the modules of the
     ``grpokit.rewards`` package are imported once (so built-in rewards register
-    themselves) before giving up.
+    themselves) before giving up. A mapping ``{"name": ..., **options}`` binds keyword
+    options with ``functools.partial`` (see :func:`reward_options` for which are accepted);
+    an optional ``alias`` names the reward in metrics, e.g. for two configurations of one function.
 
     >>> resolve_reward("math:sqrt")(16.0)
     4.0
+    >>> hyp = resolve_reward({"name": "math:hypot", "alias": "dist"})
+    >>> reward_name(hyp), hyp(3, 4)
+    ('dist', 5.0)
     """
     if callable(spec):
         return spec
+    if isinstance(spec, Mapping):
+        return _resolve_mapping(spec)
     if not isinstance(spec, str):
-        raise TypeError(f"resolve_reward: expected a callable or a string, found {type(spec).__name__} ({spec!r})")
+        raise TypeError(f"resolve_reward: expected a callable, a string or a mapping with a 'name' key, "
+                        f"found {type(spec).__name__} ({spec!r})")
     if ":" in spec:
         return _import_path(spec)
     if spec not in REWARD_REGISTRY:
@@ -387,6 +400,64 @@ def resolve_reward(spec: RewardFunc | str) -> RewardFunc:
             f"'package.module:function_name'"
         )
     return REWARD_REGISTRY[spec]
+
+
+def _resolve_mapping(spec: Mapping[str, Any]) -> RewardFunc:
+    """``{"name": ..., "alias": ..., **options}`` -> the named reward with ``options`` bound."""
+    options = dict(spec)
+    name = options.pop("name", None)
+    if not isinstance(name, str) or not name:
+        found = ", ".join(map(str, spec)) or "none"
+        raise ValueError(f"resolve_reward: a reward mapping needs a 'name' key holding a registered name or "
+                         f"'package.module:function' (found keys: {found}), e.g. "
+                         f"{{name: soft_overlong, max_length: 512, cache_length: 128}}")
+    alias = options.pop("alias", None)
+    if alias is not None and (not isinstance(alias, str) or not alias):
+        raise ValueError(f"resolve_reward: reward '{name}' has alias {alias!r}; expected a non-empty string")
+    fn = resolve_reward(name)
+    _check_options(fn, name, options)
+    if not options and alias is None:
+        return fn
+    bound = functools.partial(fn, **options)
+    if alias is not None:
+        bound.__name__ = alias
+    return bound
+
+
+def reward_options(fn: Any) -> list[str] | None:
+    """Keyword options a config mapping may bind to ``fn``; None when its signature is unknown.
+
+    They are its named parameters other than TRL's inputs (``prompts``, ``completions``,
+    ``completion_ids``, ``trainer_state``), plus the names in ``fn.reward_options`` for a
+    function that takes its options through ``**kwargs``.
+
+    >>> def clipped(prompts, completions, completion_ids, *, low=0.0, high=1.0, **kwargs): ...
+    >>> reward_options(clipped)
+    ['low', 'high']
+    """
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        return None
+    named = [p.name for p in parameters if p.kind in _NAMED_KINDS and p.name not in _RESERVED_KWARGS]
+    return named + [k for k in getattr(fn, "reward_options", ()) if k not in named]
+
+
+def _check_options(fn: RewardFunc, name: str, options: dict[str, Any]) -> None:
+    """Raise ValueError naming the reward when ``options`` has unknown keys or lacks required ones."""
+    accepted = reward_options(fn)
+    if accepted is None:
+        return
+    listed = ", ".join(accepted) or "none"
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ValueError(f"reward '{name}' got unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"it accepts: {listed} (and 'alias' for the metric name)")
+    required = [p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
+    missing = [k for k in required if k not in options]
+    if missing:
+        raise ValueError(f"reward '{name}' needs option(s) {', '.join(map(repr, missing))}; it accepts: {listed}")
 
 
 def _import_path(spec: str) -> RewardFunc:

@@ -15,6 +15,12 @@ sum is off by 1-3 and the rest of the chain (and the answer) carries the slip, a
 probability ``no_reasoning_rate`` the teacher skips the scratchpad and guesses near the total.
 A model imitating that teacher samples wrong answers at about the teacher's error rate even
 when its greedy answer is right, which is the gap GRPO's correctness reward closes.
+
+With probability ``hedge_rate`` the teacher also opens its reasoning with the filler step
+``idk``, a *forbidden string*: correct or not, users do not want it. Rule rewards cannot see it;
+a reward model trained on :meth:`DigitSumTask.preference_rows` (clean chain preferred over the
+same chain with ``idk`` or with a repeated step) can, which gives the R1 recipe's last stage a
+helpfulness/safety-style objective to optimise.
 """
 
 from __future__ import annotations
@@ -38,6 +44,17 @@ def running_sums(digits: str) -> list[int]:
 
 
 LABELS = "abcdefghij"
+HEDGE = "idk"  # the forbidden filler step (see the module docstring)
+
+
+def _repeat_one(steps: list[str], rng: random.Random) -> list[str]:
+    """The steps with one of them written twice in a row.
+
+    >>> _repeat_one(["a1=1", "b2=3"], random.Random(0))
+    ['a1=1', 'b2=3', 'b2=3']
+    """
+    at = rng.randrange(len(steps))
+    return steps[: at + 1] + steps[at:]
 
 
 def parse_digits(prompt: str) -> str:
@@ -57,6 +74,7 @@ class DigitSumTask:
     max_digits: int = 6
     slip_rate: float = 0.35
     no_reasoning_rate: float = 0.1
+    hedge_rate: float = 0.3
     name: str = "digit_sum"
 
     def problem(self, rng: random.Random) -> dict:
@@ -85,8 +103,31 @@ class DigitSumTask:
         if rng.random() < self.slip_rate:
             at, slip = rng.randrange(len(sums)), rng.choice([-3, -2, -1, 1, 2, 3])
             sums = sums[:at] + [max(0, s + slip) for s in sums[at:]]
-        chain = ",".join(f"{LABELS[i]}{d}={s}" for i, (d, s) in enumerate(zip(digits, sums)))
-        return f"<reasoning>{chain}</reasoning><answer>{sums[-1]}</answer>"
+        steps = [f"{LABELS[i]}{d}={s}" for i, (d, s) in enumerate(zip(digits, sums))]
+        if rng.random() < self.hedge_rate:
+            steps.insert(0, HEDGE)
+        return f"<reasoning>{','.join(steps)}</reasoning><answer>{sums[-1]}</answer>"
+
+    def preference_rows(self, count: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
+        """``count`` pairs ``{"prompt", "chosen", "rejected"}`` for a style reward model.
+
+        ``chosen`` is the correct, concise chain; ``rejected`` is the same chain with the
+        forbidden ``idk`` step, or with one step written twice (both are equally correct, so the
+        reward model learns style, not arithmetic).
+
+        >>> row = DigitSumTask().preference_rows(1, seed=0)[0]
+        >>> row["chosen"] != row["rejected"], HEDGE in row["chosen"]
+        (True, False)
+        """
+        rng = random.Random(seed + 2)
+        rows = []
+        for row in self.problems(count, seed + 3, exclude):
+            digits = parse_digits(row["prompt"])
+            steps = [f"{LABELS[i]}{d}={s}" for i, (d, s) in enumerate(zip(digits, running_sums(digits)))]
+            worse = [HEDGE] + steps if rng.random() < 0.5 else _repeat_one(steps, rng)
+            wrap = lambda chain: f"<reasoning>{','.join(chain)}</reasoning><answer>{row['answer']}</answer>"  # noqa: E731
+            rows.append({"prompt": row["prompt"], "chosen": wrap(steps), "rejected": wrap(worse)})
+        return rows
 
     def sft_rows(self, count: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
         """``count`` rows ``{"prompt", "completion", "answer"}`` from the noisy teacher."""

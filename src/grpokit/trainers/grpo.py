@@ -5,10 +5,14 @@ One step (what ``max_steps`` counts):
 1. take ``prompts_per_step`` (P) prompts and sample ``num_generations`` (G) completions each,
    every prompt encoded once with its KV cache shared by its G completions;
 2. score the P·G completions with every reward function and sum them with ``reward_weights``;
-3. turn the total into group-relative advantages (``scale_rewards``);
+3. turn the total into group-relative advantages (``scale_rewards``); with ``process_reward``,
+   score each reasoning step and add per-token process advantages (DeepSeekMath §4.1.3), which
+   replace the outcome ones when there are no reward functions;
 4. take ``num_iterations`` (μ) optimizer steps on the whole batch, each accumulating gradients
    over micro-batches of ``micro_batch_size`` completions. Loss normalisers come from the full
-   batch, so the micro-batch size bounds memory and never changes the math.
+   batch, so the micro-batch size bounds memory and never changes the math;
+5. every ``ref_model_sync_steps`` steps move the reference model to the policy (iterative GRPO),
+   then call each callback's ``on_step_end(trainer, step, batch, metrics)``.
 
 The trainer is algorithm-blind: it hands log-probs, advantages, masks and token weights to
 ``grpokit.algorithms.policy_loss``; ``loss_type`` only picks the token weights by name.
@@ -17,6 +21,7 @@ The trainer is algorithm-blind: it hands log-probs, advantages, masks and token 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,7 +30,15 @@ from types import SimpleNamespace
 
 import torch
 
-from grpokit.algorithms import PolicyLossInputs, group_advantages, policy_loss, token_weights
+from grpokit.algorithms import (
+    PolicyLossInputs,
+    group_advantages,
+    policy_loss,
+    process_advantages,
+    split_steps,
+    step_end_tokens,
+    token_weights,
+)
 from grpokit.batching import MicroBatch, plan_micro_batches, sorted_plan
 from grpokit.config import GRPOConfig, write_resolved
 from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
@@ -33,6 +46,7 @@ from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
 from grpokit.models import save_model
 from grpokit.monitoring import MetricsWriter, progress_bar
 from grpokit.rewards import RewardBatch, resolve_reward, reward_metrics, score_completions
+from grpokit.rewards.process import resolve_process_reward, score_steps
 from grpokit.rollout import Rollout, SamplingParams, generate
 from grpokit.trainers.common import final_model, is_peft, resolve_model, write_summary
 from grpokit.trainers.optim import build_optimizer, clip_and_step
@@ -43,8 +57,9 @@ class StepBatch:
     """Everything the policy update needs from one sampled and scored batch (N = P·G rows)."""
 
     rollout: Rollout
-    rewards: RewardBatch
-    advantages: torch.Tensor  # (N,)
+    rewards: RewardBatch | None  # None when only a process reward is configured
+    step_rewards: list[list[float]] | None  # one score per reasoning step, with process_reward
+    advantages: torch.Tensor  # (N,), or (N, Tc) with process_reward
     loss_mask: torch.Tensor  # (N, Tc) completion tokens that enter the loss
     weights: torch.Tensor  # (N, Tc) per-token loss weights from the full batch
     ref_logp: torch.Tensor | None  # (N, Tc) or None when beta == 0
@@ -57,17 +72,25 @@ class GRPOTrainer:
     ``processing_class``). ``reward_funcs`` are callables ``fn(prompts, completions, **kwargs)
     -> list[float | None]`` or registered names; ``train_dataset`` is a ``datasets.Dataset``,
     a list of dicts or a data file, with a ``prompt`` column (text or chat messages). Every
-    other column reaches the reward functions as a keyword argument.
+    other column reaches the reward functions as a keyword argument. ``reward_funcs`` may be
+    empty when ``args.process_reward`` is set.
+
+    ``callbacks`` are objects with an optional ``on_step_end(trainer, step, batch, metrics)``,
+    called after every step (``step`` counts from 1, ``batch`` is the ``StepBatch``); keys they
+    add to ``metrics`` are written to metrics.jsonl. Iterative reward-model training
+    (DeepSeekMath Algorithm 1) hooks in here, with ``grpokit.algorithms.ReplayBuffer``.
     """
 
     def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None,
-                 processing_class=None, peft_config=None):
+                 processing_class=None, peft_config=None, callbacks=None):
         self.args = args = args or GRPOConfig()
         if train_dataset is None:
             raise ValueError("GRPOTrainer needs a train_dataset with a 'prompt' column")
         self.rows = validate_prompt_rows(load_rows(train_dataset), "train_dataset")
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        self.reward_funcs = [resolve_reward(f) for f in funcs]
+        self.reward_funcs = [resolve_reward(f) for f in funcs if f is not None]
+        if not self.reward_funcs and args.process_reward is None:
+            raise ValueError("GRPOTrainer needs at least one reward function (or args.process_reward)")
         if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(args.reward_weights)} values but there are "
                              f"{len(self.reward_funcs)} reward functions")
@@ -75,6 +98,12 @@ class GRPOTrainer:
                                                                 peft_config)
         # the reference: none without KL; the base with adapters off under LoRA; else a copy
         self.ref_model = self._frozen_copy() if args.beta > 0 and not is_peft(self.model) else None
+        if args.ref_model_sync_steps and self.ref_model is None:
+            raise ValueError("ref_model_sync_steps needs its own reference model: set beta > 0 and "
+                             "train without LoRA (under LoRA the reference is the adapter-free base)")
+        self.process_reward = (resolve_process_reward(args.process_reward, self.device)
+                               if args.process_reward else None)
+        self.callbacks = list(callbacks or [])
         self.columns = extra_columns(self.rows)
         self.prompt_ids = [self._encode(r["prompt"]) for r in self.rows]
         # rows carry their position so a sampled row finds its pre-tokenized prompt
@@ -105,8 +134,14 @@ class GRPOTrainer:
                                self.eos_token_id, self.tokenizer.pad_token_id, self.generator)
         timings["generate"] = time.perf_counter() - started
         started = time.perf_counter()
-        rewards = self.score(rows, rollout)
-        advantages = group_advantages(rewards.total, args.num_generations, args.scale_rewards)
+        texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        rewards = self.score(rows, rollout, texts) if self.reward_funcs else None
+        advantages = (group_advantages(rewards.total, args.num_generations, args.scale_rewards)
+                      if rewards is not None else None)  # (N,)
+        step_rewards = None
+        if self.process_reward is not None:
+            step_rewards, process = self.score_process(rows, rollout, texts)  # (N, Tc)
+            advantages = process if advantages is None else advantages[:, None] + process
         timings["score"] = time.perf_counter() - started
         loss_mask = rollout.completion_mask.float()  # (N, Tc)
         if args.mask_truncated_completions:
@@ -115,19 +150,34 @@ class GRPOTrainer:
         started = time.perf_counter()
         ref_logp = self.reference_logprobs(rollout) if args.beta > 0 else None
         timings["reference"] = time.perf_counter() - started
-        return StepBatch(rollout, rewards, advantages, loss_mask, weights, ref_logp)
+        return StepBatch(rollout, rewards, step_rewards, advantages, loss_mask, weights, ref_logp)
 
-    def score(self, rows: list[dict], rollout: Rollout) -> RewardBatch:
-        texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        return score_completions(
-            self.reward_funcs,
-            prompts=[r["prompt"] for r in rows],
-            completions=texts,
-            completion_ids=rollout.token_lists(),
-            columns={c: [r.get(c) for r in rows] for c in self.columns},
-            weights=self.args.reward_weights,
-            trainer_state=SimpleNamespace(global_step=self.step_index, max_steps=self.args.max_steps),
-        )
+    def reward_inputs(self, rows: list[dict], rollout: Rollout) -> dict:
+        """The keywords every reward (outcome or process) receives besides the completions."""
+        return dict(prompts=[r["prompt"] for r in rows], completion_ids=rollout.token_lists(),
+                    columns={c: [r.get(c) for r in rows] for c in self.columns},
+                    trainer_state=SimpleNamespace(global_step=self.step_index,
+                                                  max_steps=self.args.max_steps))
+
+    def score(self, rows: list[dict], rollout: Rollout, texts: list[str]) -> RewardBatch:
+        return score_completions(self.reward_funcs, completions=texts,
+                                 weights=self.args.reward_weights, **self.reward_inputs(rows, rollout))
+
+    def score_process(self, rows: list[dict], rollout: Rollout, texts: list[str]
+                      ) -> tuple[list[list[float]], torch.Tensor]:
+        """Score each reasoning step; return the scores and the (N, Tc) process advantages."""
+        spans = [split_steps(text, self.args.step_separator) for text in texts]
+        steps = [[text[start:end] for start, end in row] for text, row in zip(texts, spans)]
+        inputs = self.reward_inputs(rows, rollout)
+        scores = score_steps(self.process_reward, completions=texts, steps=steps, **inputs)
+        ends = [step_end_tokens([end for _, end in row], self.decoded_length(ids), len(ids))
+                for row, ids in zip(spans, inputs["completion_ids"])]
+        return scores, process_advantages(scores, ends, self.args.num_generations,
+                                          rollout.completion_ids.shape[1])
+
+    def decoded_length(self, ids: list[int]):
+        """``k -> len(decode(ids[:k]))``: maps character positions to tokens for any tokenizer."""
+        return lambda k: len(self.tokenizer.decode(ids[:k], skip_special_tokens=True))
 
     def micro_batches(self, rollout: Rollout) -> list[MicroBatch]:
         """The cheaper split of the step's completions (see ``grpokit.batching``)."""
@@ -181,8 +231,9 @@ class GRPOTrainer:
             old = logp.detach() if args.num_iterations == 1 else take(batch.rollout.sampling_logp)
             ref = take(batch.ref_logp) if batch.ref_logp is not None else None
             mask = take(batch.loss_mask)
-            inputs = PolicyLossInputs(logp, old, batch.advantages[rows].to(self.device), mask,
-                                      take(batch.weights), ref)
+            advantages = (take(batch.advantages) if batch.advantages.dim() == 2
+                          else batch.advantages[rows].to(self.device))  # (n, w) or (n,)
+            inputs = PolicyLossInputs(logp, old, advantages, mask, take(batch.weights), ref)
             loss, stats = policy_loss(inputs, epsilon_low=args.epsilon,
                                       epsilon_high=args.epsilon_high or args.epsilon,
                                       beta=args.beta,
@@ -205,8 +256,21 @@ class GRPOTrainer:
         timings["train"] = time.perf_counter() - train_started
         timings["step"] = time.perf_counter() - started
         self.step_index += 1
-        return step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
-                            self.args.num_generations)
+        if self.args.ref_model_sync_steps and self.step_index % self.args.ref_model_sync_steps == 0:
+            self.sync_reference()
+        metrics = step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
+                               self.args.num_generations)
+        for callback in self.callbacks:
+            if hasattr(callback, "on_step_end"):
+                callback.on_step_end(self, self.step_index, batch, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def sync_reference(self) -> None:
+        """reference ← α·policy + (1 − α)·reference, α = ``ref_model_mixup_alpha`` (1: a reset,
+        DeepSeekMath Algorithm 1's π_ref ← π_θ at the start of each iteration)."""
+        for ref, param in zip(self.ref_model.parameters(), self.model.parameters(), strict=True):
+            ref.lerp_(param, self.args.ref_model_mixup_alpha)  # exactly param when α = 1
 
     # ----------------------------------------------------------------- the loop
     def train(self, show_progress: bool = True) -> dict:
@@ -225,7 +289,7 @@ class GRPOTrainer:
                 history.append(metrics)
                 if args.save_steps and self.step_index % args.save_steps == 0:
                     save_model(self.model, self.tokenizer, out / f"checkpoint-{self.step_index}")
-                bar.update(task, advance=1, status=f"reward {metrics['reward/mean']:.3f} "
+                bar.update(task, advance=1, status=f"reward {headline_reward(metrics):.3f} "
                                                    f"kl {metrics['kl']:.4f}")
         writer.close()
         self.model = final_model(self.model)
@@ -239,13 +303,14 @@ def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
                  group_size: int) -> dict[str, float]:
     """The per-step metrics written to metrics.jsonl."""
     rollout, adv = batch.rollout, batch.advantages
+    if adv.dim() == 2:  # per-token advantages: summarise them over the completions' tokens
+        adv = adv[rollout.completion_mask.bool()]
     lengths = rollout.completion_lengths().float()  # (N,)
-    groups = batch.rewards.total.view(-1, group_size)  # (P, G)
     tokens = max(sum(p["tokens"] for p in passes), 1.0)
     mean_over = lambda key: sum(p[key] for p in passes) / tokens  # noqa: E731
     metrics = {
-        **reward_metrics(batch.rewards),
-        "reward/frac_zero_std": (groups.max(1).values == groups.min(1).values).float().mean().item(),
+        **(outcome_metrics(batch.rewards, group_size) if batch.rewards is not None else {}),
+        **(process_metrics(batch.step_rewards) if batch.step_rewards is not None else {}),
         "advantage/mean": adv.mean().item(), "advantage/std": adv.std().item(),
         "advantage/min": adv.min().item(), "advantage/max": adv.max().item(),
         "loss": sum(p["loss"] for p in passes) / len(passes),
@@ -263,6 +328,30 @@ def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
     return metrics
 
 
+def outcome_metrics(rewards: RewardBatch, group_size: int) -> dict[str, float]:
+    """Reward means and stds, and the fraction of groups whose rewards are all equal."""
+    groups = rewards.total.view(-1, group_size)  # (P, G)
+    return {**reward_metrics(rewards),
+            "reward/frac_zero_std": (groups.max(1).values == groups.min(1).values).float().mean().item()}
+
+
+def process_metrics(step_rewards: list[list[float]]) -> dict[str, float]:
+    """Mean and std of the step scores, and the mean number of steps per completion.
+
+    >>> {k: round(v, 4) for k, v in process_metrics([[1.0, 0.0], [1.0]]).items()}
+    {'process_reward/mean': 0.6667, 'process_reward/std': 0.5774, 'process_reward/steps': 1.5}
+    """
+    flat = torch.tensor([r for row in step_rewards for r in row], dtype=torch.float64)
+    return {"process_reward/mean": flat.mean().item() if flat.numel() else math.nan,
+            "process_reward/std": flat.std().item() if flat.numel() > 1 else math.nan,
+            "process_reward/steps": flat.numel() / len(step_rewards)}
+
+
+def headline_reward(metrics: dict[str, float]) -> float:
+    """The reward shown and summarised: the outcome mean, else the process-reward mean."""
+    return metrics["reward/mean"] if "reward/mean" in metrics else metrics["process_reward/mean"]
+
+
 def summarize(history: list[dict], seconds: float, model_dir: Path) -> dict:
     """summary.json for a GRPO run: reward at the start and end, time, where the model is."""
     tail = history[-10:]
@@ -270,7 +359,7 @@ def summarize(history: list[dict], seconds: float, model_dir: Path) -> dict:
         "stage": "grpo",
         "steps": len(history),
         "seconds": seconds,
-        "reward_first_step": history[0]["reward/mean"],
-        "reward_last_10_steps": sum(m["reward/mean"] for m in tail) / len(tail),
+        "reward_first_step": headline_reward(history[0]),
+        "reward_last_10_steps": sum(headline_reward(m) for m in tail) / len(tail),
         "model_dir": str(model_dir),
     }

@@ -1,0 +1,160 @@
+"""`grpokit pipeline`: the stages of a recipe (e.g. DeepSeek-R1's) run in order.
+
+Each stage is a :class:`grpokit.config.StageSpec`: a type (sft, grpo, ppo, rejection_sample,
+rm), the model it starts from (``init``: the previous policy, the base, or a named stage), and
+run-config overrides for that stage alone. A stage writes to ``output_dir/<name>``; when it
+finishes, ``pipeline_state.json`` records its output and held-out evaluation, so starting the
+pipeline again skips it. Policy stages are evaluated on the held-out problems; with
+``score_with`` a trained reward model also scores each evaluated stage's held-out samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from grpokit.config import RunConfig, StageSpec, validate
+from grpokit.stages import base_model, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
+
+POLICY_STAGES = ("sft", "grpo", "ppo")
+STATE_FILE = "pipeline_state.json"
+# stage type -> (runner, the config section whose output_dir the stage owns)
+RUNNERS: dict[str, tuple[Callable[..., Path], str]] = {
+    "sft": (run_sft, "sft"), "grpo": (run_grpo, "grpo"), "ppo": (run_ppo, "ppo"),
+    "rejection_sample": (run_sample, "sample"), "rm": (run_rm, "rm"),
+}
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` merged in; nested mappings merge, everything else replaces.
+
+    >>> deep_merge({"grpo": {"beta": 0.0, "lr": 1}, "rewards": ["a"]}, {"grpo": {"beta": 0.1}, "rewards": ["b"]})
+    {'grpo': {'beta': 0.1, 'lr': 1}, 'rewards': ['b']}
+    """
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def substitute(value: Any, outputs: dict[str, str], where: str) -> Any:
+    """Replace ``${stage}`` in every string of ``value`` with that finished stage's output.
+
+    >>> substitute({"path": "${rm}", "w": [1, "x"]}, {"rm": "runs/p/rm/model"}, "stage 'g'")
+    {'path': 'runs/p/rm/model', 'w': [1, 'x']}
+    """
+    if isinstance(value, dict):
+        return {k: substitute(v, outputs, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, outputs, where) for v in value]
+    if isinstance(value, str) and "${" in value:
+        for name, output in outputs.items():
+            value = value.replace("${" + name + "}", output)
+        if "${" in value:
+            raise ValueError(f"pipeline {where}: {value!r} names a stage that has not run before it; "
+                             f"finished stages: {', '.join(outputs) or 'none'}")
+    return value
+
+
+def check_stages(stages: list[StageSpec]) -> None:
+    """Names unique; ``init``/``data_from`` name earlier stages of the right type."""
+    if not stages:
+        raise ValueError("pipeline.stages is empty; list the stages to run (see `grpokit pipeline --help`)")
+    seen: dict[str, str] = {}
+    for spec in stages:
+        if spec.name in seen:
+            raise ValueError(f"pipeline.stages: two stages are named {spec.name!r}; names must be unique")
+        if spec.init not in ("previous", "base") and spec.init not in seen:
+            raise ValueError(f"pipeline stage {spec.name!r}: init={spec.init!r} is not 'previous', 'base' "
+                             f"or an earlier stage ({', '.join(seen) or 'none'})")
+        if spec.data_from is not None and seen.get(spec.data_from) != "rejection_sample":
+            raise ValueError(f"pipeline stage {spec.name!r}: data_from={spec.data_from!r} must name an "
+                             f"earlier rejection_sample stage")
+        seen[spec.name] = spec.type
+
+
+def stage_config(cfg: RunConfig, spec: StageSpec, outputs: dict[str, str], stage_dir: Path) -> RunConfig:
+    """The run config a stage sees: overrides merged in, its section writing to ``stage_dir``."""
+    tree = deep_merge(cfg.model_dump(), substitute(spec.overrides, outputs, f"stage {spec.name!r}"))
+    tree[RUNNERS[spec.type][1]]["output_dir"] = str(stage_dir)
+    if spec.data_from:
+        tree["data"] = {**tree["data"], "path": outputs[spec.data_from], "format": "none"}
+    return validate(RunConfig, tree, f"pipeline stage {spec.name!r}")
+
+
+def load_state(output_dir: Path) -> dict[str, dict]:
+    """Finished stages: name -> {type, output, eval}."""
+    path = output_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_state(output_dir: Path, state: dict[str, dict]) -> None:
+    """Write the state atomically, so a crash never leaves it half-written."""
+    tmp = output_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, output_dir / STATE_FILE)
+
+
+def run_pipeline(cfg: RunConfig, show_progress: bool = True, announce: Callable[[str], None] = print) -> dict:
+    """Run every stage not yet finished; return (and write) the summary of all stages."""
+    check_stages(cfg.pipeline.stages)
+    out = Path(cfg.pipeline.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state, base = load_state(out), base_model(cfg, out)
+    policy, total = base, len(cfg.pipeline.stages)
+    for number, spec in enumerate(cfg.pipeline.stages, 1):
+        if spec.name in state:
+            announce(f"stage {number}/{total} {spec.name} ({spec.type}): finished before, skipped")
+        else:
+            announce(f"stage {number}/{total} {spec.name} ({spec.type})")
+            outputs = {name: done["output"] for name, done in state.items()}
+            stage_cfg = stage_config(cfg, spec, outputs, out / spec.name)
+            init = {"previous": policy, "base": base}.get(spec.init) or Path(state[spec.init]["output"])
+            runner = RUNNERS[spec.type][0]
+            result = runner(stage_cfg, init, show_progress)
+            evaluation = None
+            if spec.type in POLICY_STAGES and spec.evaluate:
+                evaluation = run_eval(stage_cfg, result, out / f"eval-{spec.name}", show_progress)
+            state[spec.name] = {"type": spec.type, "output": str(result), "eval": evaluation}
+            save_state(out, state)
+        if spec.type in POLICY_STAGES:
+            policy = Path(state[spec.name]["output"])
+    if cfg.pipeline.score_with:
+        score_evaluations(cfg, out, state)
+    return write_pipeline_summary(out, cfg, state)
+
+
+def score_evaluations(cfg: RunConfig, out: Path, state: dict[str, dict]) -> None:
+    """Add ``reward_model_score``: the reward model's mean score of each stage's held-out samples."""
+    from grpokit.rewards.reward_model import RewardModelScorer
+
+    rm_stage = state.get(cfg.pipeline.score_with)
+    if rm_stage is None or rm_stage["type"] != "rm":
+        raise ValueError(f"pipeline.score_with={cfg.pipeline.score_with!r} is not a finished rm stage")
+    scorer = RewardModelScorer(rm_stage["output"], device=cfg.eval.device)
+    for name, done in state.items():
+        if not done.get("eval"):
+            continue
+        records = [json.loads(line) for line in open(out / f"eval-{name}" / "samples.jsonl")]
+        prompts = [r["prompt"] for r in records for _ in r["samples"]]
+        completions = [s for r in records for s in r["samples"]]
+        scores = scorer(prompts, completions)
+        valid = [s for s in scores if s is not None]
+        done["eval"]["reward_model_score"] = sum(valid) / len(valid)
+    save_state(out, state)
+
+
+def write_pipeline_summary(out: Path, cfg: RunConfig, state: dict[str, dict]) -> dict:
+    """``summary.json``: every stage in order with its output and held-out evaluation."""
+    from grpokit.trainers.common import write_summary
+
+    stages = [{"name": spec.name, "type": spec.type, "output": state[spec.name]["output"],
+               "eval": state[spec.name]["eval"]} for spec in cfg.pipeline.stages]
+    summary = {"stage": "pipeline", "stages": stages}
+    write_summary(out, summary)
+    return summary

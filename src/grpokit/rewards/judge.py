@@ -1,0 +1,444 @@
+"""An LLM judge as a reward: any OpenAI-compatible chat-completions server scores completions.
+
+Each (prompt, completion[, answer]) is written into a rubric, sent as one user message, and the
+judge's reply is parsed for a number (``SCORE: 7``) that is mapped from
+``[min_score, max_score]`` to ``[0, 1]``. Requests run concurrently in a thread pool, failed
+requests are retried with exponential backoff, and replies can be cached on disk, so a rerun or a
+repeated sample costs nothing. In a YAML config::
+
+    rewards:
+      - name: judge
+        base_url: http://127.0.0.1:8000/v1
+        model: Qwen/Qwen2.5-7B-Instruct
+        api_key_env: JUDGE_API_KEY        # the variable's NAME; the key never goes in a config
+        cache_path: runs/judge_cache.sqlite
+
+A sample whose judge request fails after its retries, or whose reply holds no number, gets the
+``on_error`` reward: None (the reward does not apply), 0.0, or an exception.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.client
+import json
+import os
+import random
+import re
+import string
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, Sequence
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from grpokit.config import Section
+from grpokit.rewards.judge_cache import ReplyCache
+from grpokit.rewards.rules import completion_text
+from grpokit.rewards.scoring import register_reward
+
+__all__ = [
+    "DEFAULT_RUBRIC",
+    "DEFAULT_SCORE_PATTERN",
+    "JudgeConfig",
+    "JudgeError",
+    "LLMJudge",
+    "backoff_delay",
+    "judge_for_config",
+    "judge_reward",
+    "normalise_score",
+    "parse_score",
+    "reply_text",
+]
+
+DEFAULT_RUBRIC = """You are grading a response to a task.
+
+Task:
+{prompt}
+
+Response:
+{completion}
+
+Judge whether the response is correct, complete and clear. Give a one-paragraph justification,
+then end with a line of the form "SCORE: <number from 0 to 10>"."""
+
+DEFAULT_SCORE_PATTERN = r"(?i)score\s*[:=]\s*(-?\d+(?:\.\d+)?)"
+_ANY_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_RUBRIC_FIELDS = ("prompt", "completion", "answer")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ERROR_BODY_CHARS = 300
+
+
+class JudgeError(RuntimeError):
+    """A judge request that failed, or a judge that cannot be set up."""
+
+
+class JudgeConfig(Section):
+    """Where the judge is, what it is asked, and how its replies become rewards."""
+
+    # the input of a failed check is left out of error messages: it could be a pasted API key
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    base_url: str
+    """The server's OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (requests go to
+    {base_url}/chat/completions)."""
+    model: str
+    """The model name sent in each request (for `transformers serve`, a hub id or a local path)."""
+    api_key_env: str | None = None
+    """NAME of the environment variable holding the API key, sent as 'Authorization: Bearer';
+    None sends no key. The key itself never appears in configs, logs or errors."""
+    rubric: str = DEFAULT_RUBRIC
+    """The judge's instructions, with the placeholders {completion} and optionally {prompt} and
+    {answer} (the dataset's answer column). Write literal braces as {{ and }}."""
+    score_pattern: str = DEFAULT_SCORE_PATTERN
+    """Regex for the score in the reply; its first group (or the whole match) is the score, and
+    the last match counts."""
+    fallback_to_last_number: bool = True
+    """When score_pattern does not match, take the last number in the reply."""
+    min_score: float = 0.0
+    """The rubric's lowest score; it maps to reward 0."""
+    max_score: float = 10.0
+    """The rubric's highest score; it maps to reward 1 (scores outside the range are clipped)."""
+    temperature: float = Field(0.0, ge=0)
+    """Judge sampling temperature (0: greedy, so a cached reply is the reply)."""
+    max_tokens: int = Field(512, ge=1)
+    """Most tokens the judge may write per reply."""
+    concurrency: int = Field(8, ge=1)
+    """Requests in flight at once (threads)."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Seconds to wait for the server to connect or send data before the attempt fails."""
+    max_retries: int = Field(3, ge=0)
+    """Retries after a connection error, timeout, HTTP 429 or 5xx (other 4xx are not retried)."""
+    backoff_s: float = Field(1.0, ge=0)
+    """Wait before retry k (k = 0, 1, ...) is backoff_s * 2**k, times a random factor in [0.5, 1.5)."""
+    on_error: Literal["none", "zero", "raise"] = "none"
+    """Reward of a sample the judge could not score (request failed after retries, or no number in
+    the reply): none (the reward does not apply), zero (0.0), or raise (stop with an error)."""
+    cache_path: str | None = None
+    """sqlite3 file caching replies by a hash of the request (model, rendered rubric, temperature,
+    max_tokens); None turns caching off."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, e.g. http://127.0.0.1:8000/v1; found {url!r}")
+        return url.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, name: str | None) -> str | None:
+        if name is not None and not _ENV_NAME.fullmatch(name):
+            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits and "
+                             "underscores, e.g. JUDGE_API_KEY), not the key itself")
+        return name
+
+    @field_validator("rubric")
+    @classmethod
+    def _rubric_placeholders(cls, rubric: str) -> str:
+        fields = rubric_fields(rubric)
+        unknown = sorted(fields - set(_RUBRIC_FIELDS))
+        if unknown or "completion" not in fields:
+            problem = f"unknown placeholder(s) {unknown}" if unknown else "no {completion} placeholder"
+            raise ValueError(f"rubric has {problem}; expected {{completion}} and optionally {{prompt}} and "
+                             f"{{answer}} (write literal braces as {{{{ and }}}})")
+        return rubric
+
+    @field_validator("score_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"score_pattern {pattern!r} is not a valid regex: {exc}") from None
+        return pattern
+
+    @model_validator(mode="after")
+    def _score_range(self) -> "JudgeConfig":
+        if self.max_score <= self.min_score:
+            raise ValueError(f"max_score ({self.max_score}) must be greater than min_score ({self.min_score})")
+        return self
+
+
+# ------------------------------------------------------------------------ pure helpers
+
+
+def rubric_fields(rubric: str) -> set[str]:
+    """The placeholder names in a rubric.
+
+    >>> sorted(rubric_fields("Task: {prompt} Answer: {completion} {{literal}}"))
+    ['completion', 'prompt']
+    """
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(rubric) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"rubric is not a valid template ({exc}); write literal braces as {{{{ and }}}}") from None
+
+
+def parse_score(reply: str, pattern: str = DEFAULT_SCORE_PATTERN, fallback_to_last_number: bool = True) -> float | None:
+    """The score in a judge's reply: the last match of ``pattern``, else the last number, else None.
+
+    >>> parse_score("Correct but terse. SCORE: 8.5")
+    8.5
+    >>> parse_score("First guess score: 3. On reflection, Score = 6")
+    6.0
+    >>> parse_score("I would give it a 4.")
+    4.0
+    >>> parse_score("I would give it a 4.", fallback_to_last_number=False) is None
+    True
+    >>> parse_score("no digits at all") is None
+    True
+    """
+    matches = list(re.finditer(pattern, reply))
+    if matches:
+        last = matches[-1]
+        text = last.group(1) if last.re.groups else last.group(0)
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    if fallback_to_last_number:
+        numbers = _ANY_NUMBER.findall(reply)
+        return float(numbers[-1]) if numbers else None
+    return None
+
+
+def normalise_score(score: float, min_score: float, max_score: float) -> float:
+    """Map ``score`` from ``[min_score, max_score]`` to ``[0, 1]``, clipping outside values.
+
+    >>> normalise_score(7, 0, 10), normalise_score(4, 1, 5), normalise_score(12, 0, 10)
+    (0.7, 0.75, 1.0)
+    """
+    return min(1.0, max(0.0, (score - min_score) / (max_score - min_score)))
+
+
+def backoff_delay(attempt: int, backoff_s: float, rng: random.Random) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): ``backoff_s * 2**attempt * U[0.5, 1.5)``.
+
+    With ``rng.random() == 0.844...`` (seed 0) the factor is 1.344...:
+
+    >>> [round(backoff_delay(k, 1.0, random.Random(0)), 3) for k in range(3)]
+    [1.344, 2.689, 5.378]
+    """
+    return backoff_s * 2**attempt * (0.5 + rng.random())
+
+
+def reply_text(payload: bytes) -> str:
+    """The first choice's message text from a chat-completions response body ('' for null content).
+
+    >>> reply_text(b'{"choices": [{"message": {"role": "assistant", "content": "SCORE: 7"}}]}')
+    'SCORE: 7'
+    """
+    try:
+        content = json.loads(payload)["choices"][0]["message"]["content"]
+    except (ValueError, LookupError, TypeError):
+        raise _RequestError(
+            f"unexpected response {payload[:_ERROR_BODY_CHARS]!r}; expected chat-completions JSON "
+            f"with choices[0].message.content", retryable=False
+        ) from None
+    return content or ""
+
+
+def prompt_text(prompt: Any) -> str:
+    """A prompt as text; a chat prompt becomes ``role: content`` blocks.
+
+    >>> prompt_text([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}])
+    'system: Be brief.\\n\\nuser: 2+2?'
+    """
+    if isinstance(prompt, list):
+        return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    return str(prompt)
+
+
+# ----------------------------------------------------------------------------- the judge
+
+
+class _RequestError(JudgeError):
+    """One failed HTTP attempt; ``retryable`` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class LLMJudge:
+    """A TRL reward function backed by an OpenAI-compatible chat-completions server.
+
+    ``judge(prompts, completions, **kwargs)`` returns one reward in [0, 1] (or None) per
+    completion; :meth:`verdicts` returns the details behind them. Use as a context manager, or
+    call :meth:`close`, to stop its threads and close its cache.
+    """
+
+    def __init__(self, config: JudgeConfig | dict[str, Any]):
+        self.config = config if isinstance(config, JudgeConfig) else JudgeConfig(**config)
+        self.__name__ = "judge"
+        self._url = f"{self.config.base_url}/chat/completions"
+        self._api_key = _read_api_key(self.config.api_key_env)
+        self._headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
+        self._uses_answer = "answer" in rubric_fields(self.config.rubric)
+        self._cache = ReplyCache(self.config.cache_path) if self.config.cache_path else None
+        self._pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="judge")
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        return f"LLMJudge(model={self.config.model!r}, base_url={self.config.base_url!r})"
+
+    def __enter__(self) -> "LLMJudge":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for running requests, stop the threads and close the cache."""
+        self._pool.shutdown(wait=True)
+        if self._cache is not None:
+            self._cache.close()
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float | None]:
+        """Rewards in [0, 1], one per completion; unscored samples follow ``on_error``."""
+        verdicts = self.verdicts(prompts, completions, **kwargs)
+        failed = [(i, v["error"]) for i, v in enumerate(verdicts) if v["error"] is not None]
+        if failed and self.config.on_error == "raise":
+            index, error = failed[0]
+            raise JudgeError(f"judge {self.config.model!r}: {len(failed)} of {len(verdicts)} samples got no "
+                             f"score; first, sample {index}: {error}")
+        fallback = 0.0 if self.config.on_error == "zero" else None
+        return [v["score"] if v["error"] is None else fallback for v in verdicts]
+
+    def verdicts(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[dict[str, Any]]:
+        """Per-sample ``{score, raw_score, reply, cached, error}``.
+
+        ``score`` is the normalised reward (None when unscored), ``raw_score`` the number parsed
+        from ``reply``, ``cached`` whether the reply came from the cache, ``error`` why the sample
+        got no score (None when it did). With an ``{answer}`` rubric, samples whose answer is
+        None are not sent and get all-None fields.
+        """
+        bodies = self._request_bodies(prompts, completions, kwargs)
+        keys = [None if body is None else hashlib.sha256(body).hexdigest() for body in bodies]
+        wanted = {key: body for key, body in zip(keys, bodies) if key is not None}
+        cached = self._cache.get_many(wanted) if self._cache is not None else {}
+        futures = {key: self._pool.submit(self._ask, body) for key, body in wanted.items() if key not in cached}
+        fresh = {key: future.result() for key, future in futures.items()}  # key -> (reply, error)
+        if self._cache is not None:
+            self._cache.put_many({key: reply for key, (reply, error) in fresh.items() if error is None})
+        return [self._verdict(cached, fresh, key) for key in keys]
+
+    # ------------------------------------------------------------------------- internals
+
+    def _request_bodies(self, prompts, completions, kwargs) -> list[bytes | None]:
+        """One JSON request body per sample (None for samples without a needed answer)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"judge: {len(prompts)} prompts but {len(completions)} completions; expected one prompt per completion")
+        answers = kwargs.get("answer") if self._uses_answer else [""] * len(completions)
+        if answers is None:
+            raise ValueError("judge: the rubric uses {answer} but the batch has no 'answer' column; "
+                             "add an answer column to the dataset or remove {answer} from the rubric")
+        if len(answers) != len(completions):
+            raise ValueError(f"judge: {len(answers)} answers but {len(completions)} completions; expected one answer per completion")
+        bodies = []
+        for prompt, completion, answer in zip(prompts, completions, answers):
+            if answer is None:
+                bodies.append(None)
+                continue
+            content = self.config.rubric.format(
+                prompt=prompt_text(prompt), completion=completion_text(completion), answer=answer
+            )
+            body = {
+                "model": self.config.model,
+                "messages": [{"role": "user", "content": content}],
+                "temperature": self.config.temperature,
+                "max_tokens": self.config.max_tokens,
+            }
+            bodies.append(json.dumps(body, sort_keys=True).encode())
+        return bodies
+
+    def _ask(self, body: bytes) -> tuple[str | None, str | None]:
+        """``(reply, None)`` or ``(None, error message)`` after up to ``max_retries`` retries."""
+        attempt = 0
+        while True:
+            try:
+                return self._post(body), None
+            except _RequestError as exc:
+                if not exc.retryable:
+                    return None, self._redact(f"{exc} (not retried)")
+                if attempt == self.config.max_retries:
+                    return None, self._redact(f"{exc} (gave up after {attempt + 1} attempt(s); max_retries={attempt})")
+            time.sleep(backoff_delay(attempt, self.config.backoff_s, self._rng))
+            attempt += 1
+
+    def _post(self, body: bytes) -> str:
+        """One HTTP attempt; raises :class:`_RequestError` saying whether to retry."""
+        request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:_ERROR_BODY_CHARS].decode(errors="replace")
+            retryable = exc.code == 429 or exc.code >= 500
+            raise _RequestError(f"HTTP {exc.code} from {self._url}: {detail}", retryable) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise _RequestError(f"no response from {self._url}: {reason}", retryable=True) from None
+        return reply_text(payload)
+
+    def _verdict(self, cached: dict[str, str], fresh: dict[str, tuple], key: str | None) -> dict[str, Any]:
+        """The verdict dict for one sample from its cached or fresh reply."""
+        if key is None:
+            return {"score": None, "raw_score": None, "reply": None, "cached": False, "error": None}
+        reply, error = (cached[key], None) if key in cached else fresh[key]
+        raw = None if reply is None else parse_score(reply, self.config.score_pattern, self.config.fallback_to_last_number)
+        if error is None and raw is None:
+            error = f"no score in the judge's reply {reply[:200]!r} (score_pattern {self.config.score_pattern!r})"
+        score = None if raw is None else normalise_score(raw, self.config.min_score, self.config.max_score)
+        return {"score": score, "raw_score": raw, "reply": reply, "cached": key in cached, "error": error}
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the API key replaced by ``***`` (servers may echo request headers)."""
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def _read_api_key(env_name: str | None) -> str | None:
+    """The key in environment variable ``env_name``; an error names the variable, never a value."""
+    if env_name is None:
+        return None
+    key = os.environ.get(env_name, "")
+    if not key:
+        raise JudgeError(f"judge api_key_env: environment variable {env_name!r} is not set or empty; export the "
+                         f"judge server's API key in it, or drop api_key_env for a server without auth")
+    return key
+
+
+# ------------------------------------------------------------------------------ registry
+
+
+@functools.cache
+def _judge_for_json(config_json: str) -> LLMJudge:
+    return LLMJudge(JudgeConfig.model_validate_json(config_json))
+
+
+def judge_for_config(config: JudgeConfig) -> LLMJudge:
+    """One shared :class:`LLMJudge` per distinct config, so its threads and cache live across steps."""
+    return _judge_for_json(config.model_dump_json())
+
+
+@register_reward("judge")
+def judge_reward(prompts, completions, *, base_url: str, model: str, **kwargs) -> list[float | None]:
+    """The ``judge`` reward for YAML configs: :class:`JudgeConfig` keys as keywords.
+
+    Keywords that are :class:`JudgeConfig` fields configure the judge; the rest (TRL's
+    ``completion_ids``, ``trainer_state``, dataset columns such as ``answer``) go to the judge
+    call. Each distinct configuration builds one judge, reused on every later call.
+    """
+    options = {key: kwargs.pop(key) for key in list(kwargs) if key in JudgeConfig.model_fields}
+    judge = judge_for_config(JudgeConfig(base_url=base_url, model=model, **options))
+    return judge(prompts, completions, **kwargs)
+
+
+judge_reward.reward_options = tuple(JudgeConfig.model_fields)  # the YAML keys it accepts

@@ -1,0 +1,393 @@
+"""The PPO trainer (RLHF style): policy, frozen reference and a value model, GAE advantages.
+
+The baseline GRPO is measured against (ALGORITHMS.md §3.6, §5). One step (what ``max_steps``
+counts):
+
+1. take ``prompts_per_step`` (P) prompts and sample ``num_generations`` (G, usually 1)
+   completions each, with the same sampler as GRPO;
+2. score them with the same reward functions (``score_completions``), so rule rewards and TRL
+   reward functions work unchanged; the weighted total is the sequence score;
+3. in no-grad passes, take the reference's log-probs (when ``kl_coef > 0``) and the value
+   model's V(s_t) at every completion position;
+4. shape per-token rewards ``-kl_coef · (log π_old - log π_ref)`` with the score added at the
+   last token, and turn them into GAE advantages and value targets (``grpokit.algorithms.gae``);
+   whiten the advantages over the batch;
+5. take ``num_ppo_epochs`` optimizer steps on the whole batch, each accumulating gradients over
+   micro-batches: loss = clipped surrogate + ``vf_coef`` × clipped value loss, both token
+   means over the batch. One AdamW covers the policy and the value model, with one gradient
+   norm clip over both, as TRL's ``PolicyAndValueWrapper`` does.
+
+The value model is ``AutoModelForTokenClassification(num_labels=1)``: a per-token scalar head
+on its own copy of the backbone, loaded from the policy's checkpoint (fresh head) or from
+``value_model_path``. It is a standard transformers class, so ``from_pretrained`` /
+``save_pretrained`` load and save it with no code of ours, and it is the separate model of
+comparable size that PPO carries (a head on the policy's own trunk would be a different
+algorithm, with shared features and no second model to pay for).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel
+
+from grpokit.algorithms.gae import (
+    explained_variance,
+    gae_advantages,
+    kl_shaped_rewards,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    value_loss,
+)
+from grpokit.batching import MicroBatch, plan_micro_batches, sorted_plan
+from grpokit.config import PPOConfig, write_resolved
+from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
+from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
+from grpokit.models import check_model_dir, save_model
+from grpokit.monitoring import MetricsWriter, progress_bar
+from grpokit.rewards import RewardBatch, resolve_reward, reward_metrics, score_completions
+from grpokit.rollout import Rollout, SamplingParams, generate
+from grpokit.trainers.common import final_model, is_peft, resolve_model, write_summary
+from grpokit.trainers.grpo import summarize
+from grpokit.trainers.optim import build_optimizer, clip_and_step
+
+
+@dataclass
+class PPOBatch:
+    """One sampled and scored batch with everything the PPO epochs need (N = P·G rows)."""
+
+    rollout: Rollout
+    rewards: RewardBatch
+    mask: torch.Tensor  # (N, Tc) float completion mask
+    old_logp: torch.Tensor  # (N, Tc) sampling-time log-probs
+    ref_logp: torch.Tensor | None  # (N, Tc), None when kl_coef == 0
+    old_values: torch.Tensor  # (N, Tc) sampling-time V(s_t)
+    advantages: torch.Tensor  # (N, Tc), whitened when whiten_advantages
+    returns: torch.Tensor  # (N, Tc) value targets
+
+
+def load_value_model(source: str | Path | PreTrainedModel) -> PreTrainedModel:
+    """A per-token scalar value model with the backbone of ``source`` and no dropout.
+
+    ``source`` is a model directory (any transformers checkpoint of a supported architecture;
+    a missing scalar head is freshly initialised) or a causal LM object, whose backbone weights
+    are copied into a new token-classification model of the same config.
+    """
+    is_path = isinstance(source, (str, Path))
+    config = AutoConfig.from_pretrained(check_model_dir(source)) if is_path else copy.deepcopy(source.config)
+    config.num_labels, config.classifier_dropout = 1, 0.0
+    if is_path:
+        return AutoModelForTokenClassification.from_pretrained(source, config=config,
+                                                               dtype=torch.float32)
+    value_model = AutoModelForTokenClassification.from_config(config)
+    value_model.base_model.load_state_dict(source.base_model.state_dict())
+    return value_model
+
+
+def completion_values(value_model: PreTrainedModel, prompt_ids: torch.Tensor,
+                      prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                      completion_mask: torch.Tensor) -> torch.Tensor:
+    """V(s_t) ``(B, Tc)``: the value head at the position that predicts completion token t.
+
+    Rows are ``[left-padded prompt | right-padded completion]``, aligned as in
+    ``grpokit.logprobs.completion_logprobs``.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], 1)  # (B, Tp + Tc)
+    attention_mask = torch.cat([prompt_mask, completion_mask], 1)  # (B, Tp + Tc)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (B, Tp + Tc)
+    values = value_model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, use_cache=False).logits[..., 0]  # (B, Tp + Tc)
+    width = completion_ids.shape[1]
+    return values[:, -width - 1 : -1].float()  # (B, Tc)
+
+
+class PPOTrainer:
+    """Train a causal LM with PPO and a value model; the constructor is ``GRPOTrainer``'s.
+
+    ``model`` is a local model directory or a ``PreTrainedModel`` (then pass its tokenizer as
+    ``processing_class``); ``reward_funcs`` and ``train_dataset`` follow the TRL reward contract
+    exactly as in ``GRPOTrainer``. The trainer holds the policy, the value model, and the
+    frozen reference when ``kl_coef > 0`` (under LoRA the reference is the base with adapters
+    disabled); rule rewards need no reward model.
+    """
+
+    def __init__(self, model, reward_funcs, args: PPOConfig | None = None, train_dataset=None,
+                 processing_class=None, peft_config=None):
+        self.args = args = args or PPOConfig()
+        if train_dataset is None:
+            raise ValueError("PPOTrainer needs a train_dataset with a 'prompt' column")
+        self.rows = validate_prompt_rows(load_rows(train_dataset), "train_dataset")
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        self.reward_funcs = [resolve_reward(f) for f in funcs]
+        if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(args.reward_weights)} values but there are "
+                             f"{len(self.reward_funcs)} reward functions")
+        # the value model copies the policy's backbone before LoRA (if any) wraps the policy
+        value_model = load_value_model(args.value_model_path or model)
+        self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
+                                                                peft_config)
+        self.value_model = value_model.to(self.device)
+        if args.gradient_checkpointing:
+            self.value_model.activation_checkpointing_enable({"use_reentrant": False})
+        self.ref_model = (self._frozen_copy() if args.kl_coef > 0 and not is_peft(self.model)
+                          else None)
+        self.columns = extra_columns(self.rows)
+        self.prompt_ids = [self._encode(r["prompt"]) for r in self.rows]
+        self.stream = PromptStream([{**r, "_index": i} for i, r in enumerate(self.rows)], args.seed)
+        self.sampling = SamplingParams(args.max_completion_length, args.temperature,
+                                       args.top_p, args.top_k)
+        self.generator = torch.Generator(self.device).manual_seed(args.seed)
+        self.eos_token_id = self.tokenizer.eos_token_id
+        self.step_index = 0
+
+    def _frozen_copy(self):
+        ref = copy.deepcopy(self.model).eval()
+        ref.requires_grad_(False)
+        return ref
+
+    def _encode(self, prompt) -> list[int]:
+        ids = self.tokenizer(render_prompt(prompt, self.tokenizer), add_special_tokens=False)["input_ids"]
+        limit = self.args.max_prompt_length
+        return ids[-limit:] if limit else ids
+
+    @property
+    def trained_models(self) -> torch.nn.ModuleList:
+        """The policy and the value model: what the optimizer and the gradient clip cover."""
+        return torch.nn.ModuleList([self.model, self.value_model])
+
+    def build_optimizer(self) -> None:
+        """One AdamW (and its schedule) over the policy's and the value model's parameters."""
+        total_updates = self.args.max_steps * self.args.num_ppo_epochs
+        self.optimizer, self.scheduler = build_optimizer(self.trained_models, self.args,
+                                                         total_updates)
+
+    def autocast(self):
+        """bfloat16 autocast when ``args.bf16``; otherwise a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
+
+    # ----------------------------------------------------------------- one step, as data
+    def sample_and_score(self, rows: list[dict], timings: dict) -> PPOBatch:
+        """Sample, score, and compute KL-shaped rewards, values, advantages and returns."""
+        args, started = self.args, time.perf_counter()
+        prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
+        with self.autocast():
+            rollout = generate(self.model, prompt_ids, args.num_generations, self.sampling,
+                               self.eos_token_id, self.tokenizer.pad_token_id, self.generator)
+        timings["generate"] = time.perf_counter() - started
+        started = time.perf_counter()
+        rewards = self.score(rows, rollout)
+        timings["score"] = time.perf_counter() - started
+        started = time.perf_counter()
+        old_logp = rollout.sampling_logp
+        ref_logp = self.reference_logprobs(rollout) if args.kl_coef > 0 else None
+        timings["reference"] = time.perf_counter() - started
+        started = time.perf_counter()
+        old_values = self.rollout_values(rollout)
+        timings["value"] = time.perf_counter() - started
+        mask = rollout.completion_mask.float()
+        token_rewards = kl_shaped_rewards(rewards.total, old_logp,
+                                          old_logp if ref_logp is None else ref_logp, mask,
+                                          args.kl_coef)
+        advantages, returns = gae_advantages(token_rewards, old_values, mask, args.gamma, args.lam)
+        if args.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        return PPOBatch(rollout, rewards, mask, old_logp, ref_logp, old_values, advantages,
+                        returns)
+
+    def score(self, rows: list[dict], rollout: Rollout) -> RewardBatch:
+        texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        return score_completions(
+            self.reward_funcs,
+            prompts=[r["prompt"] for r in rows],
+            completions=texts,
+            completion_ids=rollout.token_lists(),
+            columns={c: [r.get(c) for r in rows] for c in self.columns},
+            weights=self.args.reward_weights,
+            trainer_state=SimpleNamespace(global_step=self.step_index, max_steps=self.args.max_steps),
+        )
+
+    def micro_batches(self, rollout: Rollout) -> list[MicroBatch]:
+        """The cheaper split of the step's completions (see ``grpokit.batching``)."""
+        lengths, prompts = rollout.completion_lengths(), rollout.prompt_mask.sum(1)
+        size = self.args.micro_batch_size
+        if self.model.is_activation_checkpointing:  # HF drops the KV cache under checkpointing
+            return sorted_plan(lengths, prompts, rollout.group_size, size)[0]
+        return plan_micro_batches(lengths, prompts, rollout.group_size, size)
+
+    def _inputs(self, rollout: Rollout, batch: MicroBatch):
+        """The micro-batch's prompt and completion tensors on the device, padding trimmed.
+
+        Prompts are one per group when ``batch.shared_prefix``, else one per row.
+        """
+        rows, group = batch.rows, rollout.group_size
+        width = int(rollout.completion_mask[rows].sum(1).max().clamp(min=1))
+        prompts = rows[::group] // group if batch.shared_prefix else rows // group
+        prompt_mask = rollout.prompt_mask[prompts]
+        first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # drop all-padding columns
+        on_device = lambda t: t.to(self.device)  # noqa: E731
+        return (on_device(rollout.prompt_ids[prompts, first:]), on_device(prompt_mask[:, first:]),
+                on_device(rollout.completion_ids[rows, :width]),
+                on_device(rollout.completion_mask[rows, :width]))
+
+    def _logprobs(self, model, rollout: Rollout, batch: MicroBatch, with_entropy: bool):
+        """Policy (or reference) log-probs and entropies ``(n, w)`` of the batch's completions."""
+        forward = shared_prefix_logprobs if batch.shared_prefix else completion_logprobs
+        with self.autocast():
+            return forward(model, *self._inputs(rollout, batch), self.args.temperature,
+                           with_entropy)
+
+    def _values(self, rollout: Rollout, batch: MicroBatch) -> torch.Tensor:
+        """V(s_t) ``(n, w)`` of the batch's completions (each row runs with its own prompt)."""
+        prompt_ids, prompt_mask, completion_ids, completion_mask = self._inputs(rollout, batch)
+        if batch.shared_prefix:
+            repeat = lambda t: t.repeat_interleave(rollout.group_size, 0)  # noqa: E731
+            prompt_ids, prompt_mask = repeat(prompt_ids), repeat(prompt_mask)
+        with self.autocast():
+            return completion_values(self.value_model, prompt_ids, prompt_mask, completion_ids,
+                                     completion_mask)
+
+    @torch.no_grad()
+    def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """Reference log-probs ``(N, Tc)`` in one no-grad pass per micro-batch."""
+        ref = torch.zeros(rollout.completion_ids.shape)
+        adapters_off = self.model.disable_adapter() if self.ref_model is None else nullcontext()
+        with adapters_off:
+            for micro in self.micro_batches(rollout):
+                logp = self._logprobs(self.ref_model or self.model, rollout, micro, False)[0]
+                ref[micro.rows, : logp.shape[1]] = logp.float().cpu()
+        return ref
+
+    @torch.no_grad()
+    def rollout_values(self, rollout: Rollout) -> torch.Tensor:
+        """Sampling-time values ``(N, Tc)`` (0 on padding) in one no-grad pass per micro-batch."""
+        values = torch.zeros(rollout.completion_ids.shape)
+        for micro in self.micro_batches(rollout):
+            v = self._values(rollout, micro)
+            values[micro.rows, : v.shape[1]] = v.cpu()
+        return values * rollout.completion_mask
+
+    def ppo_pass(self, batch: PPOBatch) -> dict[str, float]:
+        """One optimizer step on the whole batch; returns that pass's loss statistics.
+
+        Each micro-batch's token means are weighted by its share of the batch's tokens, so the
+        accumulated loss and gradients are those of the whole batch at once.
+        """
+        args, totals = self.args, {}
+        batch_tokens = batch.mask.sum().clamp(min=1)
+        for micro in self.micro_batches(batch.rollout):
+            logp, entropy = self._logprobs(self.model, batch.rollout, micro, with_entropy=True)
+            values = self._values(batch.rollout, micro)
+            rows, width = micro.rows, logp.shape[1]
+            take = lambda t: t[rows, :width].to(self.device)  # noqa: E731
+            mask = take(batch.mask)
+            share = mask.sum() / batch_tokens
+            pg_loss, pg_clipped = ppo_policy_loss(logp, take(batch.old_logp), take(batch.advantages),
+                                                  mask, args.cliprange)
+            vf_loss, vf_clipped = value_loss(values, take(batch.old_values), take(batch.returns),
+                                             mask, args.cliprange_value)
+            loss = (pg_loss + args.vf_coef * vf_loss) * share
+            loss.backward()
+            log_ratio = (logp.detach() - take(batch.old_logp)) * mask
+            stats = {"loss": loss.detach(), "policy_loss": pg_loss.detach() * share,
+                     "value_loss": vf_loss.detach() * share, "clip_frac/policy": pg_clipped * share,
+                     "clip_frac/value": vf_clipped * share,
+                     "approx_kl": 0.5 * masked_mean(log_ratio**2, mask) * share,
+                     "entropy": masked_mean(entropy.detach(), mask) * share}
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        totals["grad_norm"] = clip_and_step(self.trained_models, self.optimizer, self.scheduler,
+                                            args.max_grad_norm)
+        return totals
+
+    def step(self) -> dict[str, float]:
+        """Sample, score and learn from one batch of ``prompts_per_step`` prompts."""
+        timings, started = {}, time.perf_counter()
+        rows = self.stream.next_batch(self.args.prompts_per_step)
+        batch = self.sample_and_score(rows, timings)
+        train_started = time.perf_counter()
+        passes = [self.ppo_pass(batch) for _ in range(self.args.num_ppo_epochs)]
+        timings["train"] = time.perf_counter() - train_started
+        timings["step"] = time.perf_counter() - started
+        self.step_index += 1
+        return ppo_step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
+                                self.args.kl_coef)
+
+    # ----------------------------------------------------------------- the loop
+    def train(self, show_progress: bool = True) -> dict:
+        args, out = self.args, Path(self.args.output_dir)
+        write_resolved(args, out)
+        torch.manual_seed(args.seed)
+        self.build_optimizer()
+        writer, history, started = MetricsWriter(out, args.report_to), [], time.perf_counter()
+        self.model.train()
+        self.value_model.train()
+        with progress_bar("PPO", disable=not show_progress) as bar:
+            task = bar.add_task("ppo", total=args.max_steps, status="")
+            while self.step_index < args.max_steps:
+                metrics = self.step()
+                writer.write(self.step_index, metrics)
+                history.append(metrics)
+                if args.save_steps and self.step_index % args.save_steps == 0:
+                    checkpoint = out / f"checkpoint-{self.step_index}"
+                    self.save(checkpoint, checkpoint / "value_model")
+                bar.update(task, advance=1, status=f"reward {metrics['reward/mean']:.3f} "
+                                                   f"kl {metrics['kl']:.4f} "
+                                                   f"vf {metrics['loss/value']:.4f}")
+        writer.close()
+        self.model = final_model(self.model)
+        self.save(out / "model", out / "value_model")
+        summary = {**summarize(history, time.perf_counter() - started, out / "model"),
+                   "stage": "ppo", "value_model_dir": str(out / "value_model")}
+        write_summary(out, summary)
+        return summary
+
+    def save(self, policy_dir: Path, value_dir: Path) -> None:
+        """Save the policy, then the value model (``value_dir`` may lie inside ``policy_dir``)."""
+        save_model(self.model, self.tokenizer, policy_dir)
+        save_model(self.value_model, self.tokenizer, value_dir)
+
+
+def ppo_step_metrics(batch: PPOBatch, passes: list[dict], timings: dict, lr: float,
+                     kl_coef: float) -> dict[str, float]:
+    """The per-step metrics written to metrics.jsonl (TRL's PPO statistics, grpokit's names).
+
+    ``kl`` is the per-token mean of ``log π_old - log π_ref`` (the k1 estimate in the reward);
+    ``objective/non_score_reward`` its per-sequence sum times ``-kl_coef``; the loss and clip
+    statistics are means over the ``num_ppo_epochs`` passes.
+    """
+    rollout, mask = batch.rollout, batch.mask
+    lengths = rollout.completion_lengths().float()  # (N,)
+    per_pass = lambda key: sum(p[key] for p in passes) / len(passes)  # noqa: E731
+    kl = (batch.old_logp - batch.ref_logp) * mask if batch.ref_logp is not None else mask * 0
+    non_score = -kl_coef * kl.sum(1)  # (N,)
+    return {
+        **reward_metrics(batch.rewards),
+        "objective/non_score_reward": non_score.mean().item(),
+        "objective/rlhf_reward": (batch.rewards.total + non_score).mean().item(),
+        "kl": masked_mean(kl, mask).item(),
+        "loss": per_pass("loss"), "loss/policy": per_pass("policy_loss"),
+        "loss/value": per_pass("value_loss"),
+        "clip_ratio/policy": per_pass("clip_frac/policy"),
+        "clip_ratio/value": per_pass("clip_frac/value"),
+        "policy/approx_kl": per_pass("approx_kl"), "entropy": per_pass("entropy"),
+        "value/mean": masked_mean(batch.old_values, mask).item(),
+        "value/returns_mean": masked_mean(batch.returns, mask).item(),
+        "value/explained_variance": explained_variance(batch.old_values, batch.returns, mask),
+        "advantage/mean": masked_mean(batch.advantages, mask).item(),
+        "advantage/min": batch.advantages[mask > 0].min().item(),
+        "advantage/max": batch.advantages[mask > 0].max().item(),
+        "completion/mean_length": lengths.mean().item(),
+        "completion/min_length": lengths.min().item(),
+        "completion/max_length": lengths.max().item(),
+        "completion/truncated_frac": rollout.truncated.float().mean().item(),
+        "learning_rate": lr, "grad_norm": per_pass("grad_norm"),
+        **{f"time/{k}": v for k, v in timings.items()},
+        "completion_tokens_per_s": lengths.sum().item() / timings["step"],
+    }

@@ -1,0 +1,244 @@
+"""Reward-model training on preference pairs with the Bradley–Terry loss.
+
+Rows are TRL RewardTrainer rows: ``{prompt, chosen, rejected}`` (strings, or a chat prompt with
+string or message-list responses), or ``{chosen, rejected}`` alone, each a whole text or a whole
+conversation; an optional ``margin`` column is subtracted inside the loss. One step is one
+optimizer step on ``per_device_train_batch_size`` pairs: chosen and rejected texts go through
+the model in one right-padded batch and the loss is ``bradley_terry_loss`` of their scores.
+
+The model is a local directory of a sequence classifier with one output, or of a causal LM:
+then ``AutoModelForSequenceClassification`` keeps its body and puts a new one-output score
+head on top (DeepSeekMath initialises its reward model from the base model, ALGORITHMS.md §1.5).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+from grpokit.algorithms.preference import bradley_terry_loss, pair_accuracy
+from grpokit.config import RewardModelConfig, write_resolved
+from grpokit.data import DatasetError, _check_rows_container, _check_value, load_rows
+from grpokit.models import ModelLoadError, check_model_dir, load_tokenizer, pick_device, save_model
+from grpokit.monitoring import MetricsWriter, progress_bar
+from grpokit.rewards.reward_model import (encode, ensure_pad_token, is_sequence_classifier, right_pad,
+                                          scored_text, sequence_scores)
+from grpokit.trainers.common import final_model, write_summary
+from grpokit.trainers.optim import build_optimizer, clip_and_step
+
+Pair = tuple[list[int], list[int], float]  # chosen ids, rejected ids, margin
+
+
+# ------------------------------------------------------------------------------ the rows
+
+
+def validate_preference_rows(rows: list[dict], source_name: str = "dataset") -> list[dict]:
+    """Check preference rows; return ``{"prompt" (None when absent), "chosen", "rejected", "margin"}``.
+
+    >>> validate_preference_rows([{"prompt": "2+2=", "chosen": "4", "rejected": "5"}])
+    [{'prompt': '2+2=', 'chosen': '4', 'rejected': '5', 'margin': 0.0}]
+    >>> validate_preference_rows([{"prompt": "2+2=", "chosen": "4"}])
+    Traceback (most recent call last):
+    ...
+    grpokit.data.DatasetError: dataset row 0: no 'rejected' column (found columns: prompt, chosen); expected a string or a list of chat messages
+    """
+    _check_rows_container(rows, source_name)
+    return [_normalize_preference_row(row, i, source_name) for i, row in enumerate(rows)]
+
+
+def _normalize_preference_row(row: dict, index: int, source_name: str) -> dict:
+    where = f"{source_name} row {index}"
+    keys = ("prompt", "chosen", "rejected") if "prompt" in row else ("chosen", "rejected")
+    for key in keys:
+        _check_value(row, key, index, source_name)
+    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
+    if isinstance(chosen, str) != isinstance(rejected, str):
+        raise DatasetError(f"{where}: 'chosen' and 'rejected' differ in format; use two strings or "
+                           f"two message lists")
+    if isinstance(prompt, str) and not isinstance(chosen, str):
+        raise DatasetError(f"{where}: 'prompt' is a string but 'chosen' is a message list; use "
+                           f"string responses, or a chat prompt (a message list)")
+    margin = row.get("margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+        raise DatasetError(f"{where}: 'margin' is {margin!r}; expected a finite number")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": float(margin)}
+
+
+def encode_pair(row: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Pair:
+    """Token ids of prompt + chosen and prompt + rejected (as the scorer reads them), and the margin."""
+    chosen, rejected = (encode(scored_text(row["prompt"], row[key], tokenizer), tokenizer, max_length)
+                        for key in ("chosen", "rejected"))
+    return chosen, rejected, row["margin"]
+
+
+def split_held_out(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out): a seeded shuffle, ``round(fraction * n)`` rows held out, at least one kept.
+
+    >>> train, held_out = split_held_out([{"i": i} for i in range(10)], 0.2, seed=0)
+    >>> len(train), len(held_out), sorted(r["i"] for r in train + held_out) == list(range(10))
+    (8, 2, True)
+    """
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    count = min(round(fraction * len(rows)), len(rows) - 1)
+    return [rows[i] for i in order[count:]], [rows[i] for i in order[:count]]
+
+
+def shuffled_batches(items: list, size: int, seed: int) -> Iterator[list]:
+    """Endless batches of ``size`` items, a new permutation each epoch (the last partial batch
+    of an epoch is dropped unless the data is smaller than one batch)."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        for start in range(0, max(len(order) - size, 0) + 1, size):
+            yield [items[i] for i in order[start : start + size]]
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def load_preference_model(path: str | Path, device: torch.device) -> PreTrainedModel:
+    """A one-output sequence classifier from a reward-model or causal-LM directory."""
+    path = check_model_dir(path)
+    config = AutoConfig.from_pretrained(path)
+    if is_sequence_classifier(config.architectures) and config.num_labels != 1:
+        raise ModelLoadError(f"model path {str(path)!r} holds a {config.architectures[0]} with "
+                             f"num_labels={config.num_labels}; a reward model has num_labels=1")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    except ValueError as error:
+        raise ModelLoadError(f"model path {str(path)!r} ({config.model_type}) cannot be loaded as "
+                             f"AutoModelForSequenceClassification: {error}") from None
+    return model.to(device)
+
+
+def resolve_preference_model(
+    model: str | Path | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None,
+    args: RewardModelConfig, peft_config: LoraConfig | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, torch.device]:
+    """Model, tokenizer (from ``tokenizer`` or the directory) and device, with LoRA when asked."""
+    device = pick_device(args.device)
+    if isinstance(model, (str, Path)):
+        tokenizer = tokenizer or load_tokenizer(model)
+        model = load_preference_model(model, device)
+    elif tokenizer is None:
+        raise ValueError("a model object was given without processing_class: pass its tokenizer")
+    elif getattr(model.config, "num_labels", None) != 1:
+        raise ValueError(f"the model object is a {type(model).__name__} with num_labels="
+                         f"{getattr(model.config, 'num_labels', None)}; expected a sequence "
+                         f"classifier with num_labels=1 (or pass a model directory)")
+    else:
+        model = model.to(device)
+    ensure_pad_token(model, tokenizer)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    if peft_config is not None or args.use_lora:
+        model = get_peft_model(model, peft_config or LoraConfig(
+            r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+            target_modules=args.lora_target_modules, task_type="SEQ_CLS"))  # SEQ_CLS trains the head too
+    return model, tokenizer, device
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class RewardModelTrainer:
+    """Train a reward model on preference pairs (TRL ``RewardTrainer`` rows) with Bradley–Terry.
+
+    ``model`` is a local directory (a causal LM or a one-output sequence classifier) or a loaded
+    sequence classifier (then pass its tokenizer as ``processing_class``). Datasets are anything
+    ``load_rows`` reads. Without ``eval_dataset``, ``args.eval_fraction`` of the training pairs
+    are held out.
+    """
+
+    def __init__(self, model, args: RewardModelConfig, train_dataset, eval_dataset=None,
+                 processing_class=None, peft_config=None):
+        self.args = args
+        rows = validate_preference_rows(load_rows(train_dataset), "train_dataset")
+        if eval_dataset is not None:
+            held_out = validate_preference_rows(load_rows(eval_dataset), "eval_dataset")
+        else:
+            rows, held_out = split_held_out(rows, args.eval_fraction, args.seed)
+        self.model, self.tokenizer, self.device = resolve_preference_model(model, processing_class, args,
+                                                                           peft_config)
+        self.pad_id = self.model.config.pad_token_id
+        self.train_pairs = [encode_pair(r, self.tokenizer, args.max_length) for r in rows]
+        self.eval_pairs = [encode_pair(r, self.tokenizer, args.max_length) for r in held_out]
+
+    def autocast(self):
+        """bfloat16 autocast when ``args.bf16``; otherwise a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
+
+    def pair_scores(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) chosen and (B,) rejected scores from one forward pass over the 2B sequences."""
+        batch = right_pad([p[0] for p in pairs] + [p[1] for p in pairs], self.pad_id)
+        with self.autocast():
+            scores = sequence_scores(self.model, {k: v.to(self.device) for k, v in batch.items()})  # (2B,)
+        return scores[: len(pairs)], scores[len(pairs):]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float] | None:
+        """Held-out pair accuracy, mean margin and score mean/std; None without held-out pairs."""
+        if not self.eval_pairs:
+            return None
+        self.model.eval()
+        size = self.args.per_device_train_batch_size
+        scored = [self.pair_scores(self.eval_pairs[i : i + size]) for i in range(0, len(self.eval_pairs), size)]
+        self.model.train()
+        chosen, rejected = torch.cat([c for c, _ in scored]), torch.cat([r for _, r in scored])
+        both = torch.cat([chosen, rejected])
+        return {"accuracy": pair_accuracy(chosen, rejected), "margin": float((chosen - rejected).mean()),
+                "score_mean": float(both.mean()), "score_std": float(both.std()) if len(both) > 1 else math.nan}
+
+    def train(self, show_progress: bool = True) -> dict:
+        args, out = self.args, Path(self.args.output_dir)
+        write_resolved(args, out)
+        torch.manual_seed(args.seed)
+        before = self.evaluate()
+        optimizer, scheduler = build_optimizer(self.model, args, args.max_steps)
+        writer = MetricsWriter(out, args.report_to)
+        batches = shuffled_batches(self.train_pairs, args.per_device_train_batch_size, args.seed)
+        self.model.train()
+        started, loss = time.perf_counter(), float("nan")
+        with progress_bar("Reward model", disable=not show_progress) as bar:
+            task = bar.add_task("rm", total=args.max_steps, status="")
+            for step in range(1, args.max_steps + 1):
+                pairs = next(batches)
+                chosen, rejected = self.pair_scores(pairs)
+                margins = torch.tensor([p[2] for p in pairs], device=self.device)
+                objective = bradley_terry_loss(chosen, rejected, margins)
+                objective.backward()
+                grad_norm = clip_and_step(self.model, optimizer, scheduler, args.max_grad_norm)
+                loss, accuracy = objective.item(), pair_accuracy(chosen.detach(), rejected.detach())
+                writer.write(step, {"train/loss": loss, "train/accuracy": accuracy,
+                                    "train/margin": float((chosen - rejected).detach().mean()),
+                                    "train/grad_norm": grad_norm,
+                                    "train/learning_rate": scheduler.get_last_lr()[0]})
+                if args.save_steps and step % args.save_steps == 0:
+                    save_model(self.model, self.tokenizer, out / f"checkpoint-{step}")
+                bar.update(task, advance=1, status=f"loss {loss:.3f} acc {accuracy:.2f}")
+        writer.close()
+        after = self.evaluate()
+        self.model = final_model(self.model)
+        save_model(self.model, self.tokenizer, out / "model")
+        summary = {"stage": "rm", "steps": args.max_steps, "final_loss": loss,
+                   "train_pairs": len(self.train_pairs), "eval_pairs": len(self.eval_pairs),
+                   "eval_before": before, "eval_after": after,
+                   "seconds": time.perf_counter() - started, "model_dir": str(out / "model")}
+        write_summary(out, summary)
+        return summary
+
+
+def run_reward_model(cfg_section: RewardModelConfig, model_dir: str | Path, rows: Any,
+                     show_progress: bool = True) -> Path:
+    """Train a reward model from ``model_dir`` on preference ``rows``; returns the saved model's directory."""
+    trainer = RewardModelTrainer(model=str(model_dir), args=cfg_section, train_dataset=rows)
+    return Path(trainer.train(show_progress)["model_dir"])
