@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -188,7 +189,9 @@ def spawn(method: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", method]
     for key, value in settings.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    # freed tensors go back to the OS, so peak RSS follows live memory (see bench_memory.py)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -25,9 +25,10 @@ def make_varied_model(tokenizer, seed: int = 0, eos_scale: float = 1.7):
     return model.eval()
 
 
-@pytest.fixture(scope="module", autouse=False)
+@pytest.fixture(scope="module", autouse=True)
 def single_thread():
-    """Tiny models run much faster on one thread, above all when other jobs share the cores."""
+    """Tiny models run much faster on one thread, above all when other jobs share the cores
+    (one test took 135 s on two busy threads); every test module runs on one."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,6 +1,7 @@
 """The CLI stages on the embedded default at toy sizes: what each writes, and config errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -85,7 +86,8 @@ def test_demo_writes_stage_results_through_the_installed_entry_point(tmp_path):
                  "pipeline.stages.rm.overrides.data.num_train=8",
                  "pipeline.stages.grpo2.overrides.grpo.max_steps=1"]
     subprocess.run([sys.executable, "-m", "grpokit.cli", "demo", "--output-dir", str(out),
-                    "--no-progress", *overrides], check=True, capture_output=True)
+                    "--no-progress", *overrides], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
     summary = json.loads((out / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == ["sft", "grpo", "sample", "sft2", "rm", "grpo2"]
     for stage in summary["stages"]:

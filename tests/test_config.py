@@ -130,8 +130,8 @@ def test_unknown_key_in_an_override_names_the_source():
 
 def test_unknown_key_without_a_close_match_lists_the_valid_keys(tmp_path):
     path = write_yaml(tmp_path, "data:\n  zzzzzz: 1\n")
-    with pytest.raises(ConfigError, match="valid keys: num_test, num_train, path, seed, task, "
-                                          "test_path"):
+    with pytest.raises(ConfigError, match="valid keys: chat, format, num_test, num_train, path, seed, "
+                                          "system_prompt, task, test_path"):
         load_config(path)
 
 
@@ -203,7 +203,9 @@ def test_reference_markdown_documents_every_field():
     for section, model in [("grpo", GRPOConfig), ("sft", SFTConfig), ("eval", EvalConfig)]:
         for name in model.model_fields:
             key = f"{section}.{name}"
-            assert key in rows, key
+            if key not in rows:  # a nested section: its own keys are listed under key.*
+                assert any(row.startswith(key + ".") for row in rows), key
+                continue
             cells = [cell.strip() for cell in rows[key].strip()[1:-1].split("|")]
             assert len(cells) == 3, rows[key]
             meaning = cells[2]

@@ -243,7 +243,7 @@ def test_register_and_resolve_by_name():
     try:
         assert resolve_reward("test_scoring_len") is length
         batch = score(["test_scoring_len"], ["abc"])
-        assert batch.names == ["length"] and batch.total.tolist() == [3.0]
+        assert batch.names == ["test_scoring_len"] and batch.total.tolist() == [3.0]  # registered name
         register_reward("test_scoring_len")(length)  # same object again: fine
         with pytest.raises(ValueError, match="'test_scoring_len' is already registered"):
             register_reward("test_scoring_len")(constant(1.0))

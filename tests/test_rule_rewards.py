@@ -199,7 +199,7 @@ def test_language_consistency_other_languages_and_tags():
 def test_mapping_binds_options_and_keeps_a_readable_name():
     reward = resolve_reward({"name": "soft_overlong", "max_length": 20, "cache_length": 4})
     assert isinstance(reward, functools.partial)
-    assert reward_name(reward) == "soft_overlong_reward"
+    assert reward_name(reward) == "soft_overlong"  # the registered name, as written in YAML
     assert reward(["p"], ["x"], completion_ids=[[1] * 18]) == [-0.5]
 
 

@@ -1,18 +1,25 @@
-"""``grpokit demo | sft | train | ppo | sample | rm | eval | pipeline``: each stage from a YAML
-config plus dotted overrides."""
+"""``grpokit demo | sft | train | ppo | sample | rm | eval | pipeline | report``: each stage from a
+YAML config plus dotted overrides, and the report of a run."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import datasets
 import typer
 from transformers.utils import logging as hf_logging
 
+from grpokit.checkpoint import CheckpointError
 from grpokit.config import ConfigError, RunConfig, load_config
+from grpokit.data import DatasetError
 from grpokit.demo import run_demo
-from grpokit.pipeline import run_pipeline
+from grpokit.models import ModelLoadError
+from grpokit.pipeline import StageStopped, run_pipeline
+from grpokit.rewards import RewardFunctionError
+from grpokit.rewards.judge import JudgeError
 from grpokit.stages import base_model, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
+from grpokit.trainers.loop import NonFiniteError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="GRPO training for language models. Overrides: key.path=value.")
@@ -20,6 +27,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 ConfigArg = typer.Argument(..., help="A YAML run config (see the README's config reference).")
 OverridesArg = typer.Argument(None, help="Dotted overrides such as grpo.beta=0.04.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the output "
+                         "directory, exactly (weights, optimizer, RNG, data position); start afresh "
+                         "when there is none.")
 
 
 hf_logging.disable_progress_bar()  # per-file load/save bars; the stages show their own
@@ -27,15 +37,30 @@ hf_logging.set_verbosity_error()  # e.g. the "score.weight newly initialized" re
 datasets.disable_progress_bars()
 
 
+# errors whose message says what to fix: shown as one line, without a traceback
+USER_ERRORS = (ConfigError, DatasetError, ModelLoadError, RewardFunctionError, CheckpointError,
+               NonFiniteError, StageStopped, JudgeError)
+
+
+def command(name: str | None = None):
+    """``app.command`` whose known errors end the process with their message (exit code 2)."""
+    def register(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except USER_ERRORS as error:
+                typer.secho(f"{type(error).__name__}: {error}", fg="red", err=True)
+                raise typer.Exit(2) from None
+        return app.command(name)(run)
+    return register
+
+
 def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
-    try:
-        return load_config(config, overrides or [])
-    except ConfigError as error:
-        typer.secho(f"config error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from None
+    return load_config(config, overrides or [])
 
 
-@app.command()
+@command()
 def demo(
     output_dir: Path = typer.Option(Path("runs/demo"), help="Where every stage writes."),
     overrides: list[str] = OverridesArg,
@@ -43,38 +68,37 @@ def demo(
 ) -> None:
     """The R1 recipe on the embedded default (digit sums): SFT, GRPO, rejection sampling, SFT,
     reward model, GRPO with the reward model; held-out results of every stage."""
-    try:
-        run_demo(output_dir, overrides or [], show_progress=progress)
-    except ConfigError as error:
-        typer.secho(f"config error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from None
+    run_demo(output_dir, overrides or [], show_progress=progress)
 
 
-@app.command()
-def sft(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
+@command()
+def sft(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt,
+        resume: bool = ResumeOpt) -> None:
     """Supervised fine-tuning (stage 1) with the `sft` section."""
     cfg = _load(config, overrides)
-    model_dir = run_sft(cfg, base_model(cfg, cfg.sft.output_dir), progress)
+    model_dir = run_sft(cfg, base_model(cfg, cfg.sft.output_dir), progress, resume)
     typer.echo(f"model: {model_dir}")
 
 
-@app.command()
-def train(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
+@command()
+def train(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt,
+          resume: bool = ResumeOpt) -> None:
     """GRPO with the `grpo` section and the `rewards` list."""
     cfg = _load(config, overrides)
-    model_dir = run_grpo(cfg, base_model(cfg, cfg.grpo.output_dir), progress)
+    model_dir = run_grpo(cfg, base_model(cfg, cfg.grpo.output_dir), progress, resume)
     typer.echo(f"model: {model_dir}")
 
 
-@app.command()
-def ppo(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
+@command()
+def ppo(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt,
+        resume: bool = ResumeOpt) -> None:
     """PPO with a value model, the `ppo` section and the `rewards` list."""
     cfg = _load(config, overrides)
-    model_dir = run_ppo(cfg, base_model(cfg, cfg.ppo.output_dir), progress)
+    model_dir = run_ppo(cfg, base_model(cfg, cfg.ppo.output_dir), progress, resume)
     typer.echo(f"model: {model_dir}")
 
 
-@app.command()
+@command()
 def sample(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
     """Rejection sampling: k completions per prompt, kept if they pass the verifiers; an SFT set."""
     cfg = _load(config, overrides)
@@ -82,27 +106,43 @@ def sample(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progre
     typer.echo(f"sft set: {data_path}")
 
 
-@app.command()
-def rm(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
+@command()
+def rm(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt,
+       resume: bool = ResumeOpt) -> None:
     """Train a Bradley-Terry reward model on {prompt, chosen, rejected} pairs (the `rm` section)."""
     cfg = _load(config, overrides)
-    model_dir = run_rm(cfg, base_model(cfg, cfg.rm.output_dir), progress)
+    model_dir = run_rm(cfg, base_model(cfg, cfg.rm.output_dir), progress, resume)
     typer.echo(f"reward model: {model_dir}")
 
 
-@app.command()
-def pipeline(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
-    """Run the `pipeline.stages` in order; finished stages are skipped when started again."""
+@command()
+def pipeline(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt,
+             resume: bool = ResumeOpt) -> None:
+    """Run the `pipeline.stages` in order; finished stages are skipped when started again, and
+    with --resume an unfinished stage continues from its latest checkpoint."""
     from grpokit.demo import results_table
     from rich.console import Console
 
     cfg = _load(config, overrides)
-    summary = run_pipeline(cfg, progress)
+    summary = run_pipeline(cfg, progress, resume=resume)
     Console().print(results_table(summary["stages"]))
     typer.echo(f"summary: {Path(cfg.pipeline.output_dir) / 'summary.json'}")
 
 
-@app.command("eval")
+@command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory (one stage or a pipeline/demo)."),
+           out: Path = typer.Option(None, help="Where to write the page (default RUN_DIR/report.html).")) -> None:
+    """PNG plots and one self-contained HTML page: metrics, held-out results, alerts, config."""
+    from grpokit.monitoring.report import write_report
+
+    try:
+        typer.echo(f"report: {write_report(run_dir, out)}")
+    except ValueError as error:
+        typer.secho(f"report: {error}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@command("eval")
 def evaluate(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
     """pass@1, pass@k, maj@k, greedy accuracy and format rate of `model` on held-out problems."""
     cfg = _load(config, overrides)

@@ -4,7 +4,8 @@ Each stage is a :class:`grpokit.config.StageSpec`: a type (sft, grpo, ppo, rejec
 rm), the model it starts from (``init``: the previous policy, the base, or a named stage), and
 run-config overrides for that stage alone. A stage writes to ``output_dir/<name>``; when it
 finishes, ``pipeline_state.json`` records its output and held-out evaluation, so starting the
-pipeline again skips it. Policy stages are evaluated on the held-out problems; with
+pipeline again skips it. With ``resume`` an unfinished training stage continues from its latest
+checkpoint instead of starting over. Policy stages are evaluated on the held-out problems; with
 ``score_with`` a trained reward model also scores each evaluated stage's held-out samples.
 """
 
@@ -16,9 +17,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from grpokit.config import RunConfig, StageSpec, validate
-from grpokit.stages import base_model, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
+from grpokit.stages import base_model, resume_point, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
 
 POLICY_STAGES = ("sft", "grpo", "ppo")
+
+
+class StageStopped(RuntimeError):
+    """A stage ended early (an alert's stop action), so the pipeline halts after it."""
+
 STATE_FILE = "pipeline_state.json"
 # stage type -> (runner, the config section whose output_dir the stage owns)
 RUNNERS: dict[str, tuple[Callable[..., Path], str]] = {
@@ -100,8 +106,10 @@ def save_state(output_dir: Path, state: dict[str, dict]) -> None:
     os.replace(tmp, output_dir / STATE_FILE)
 
 
-def run_pipeline(cfg: RunConfig, show_progress: bool = True, announce: Callable[[str], None] = print) -> dict:
-    """Run every stage not yet finished; return (and write) the summary of all stages."""
+def run_pipeline(cfg: RunConfig, show_progress: bool = True, announce: Callable[[str], None] = print,
+                 resume: bool = False) -> dict:
+    """Run every stage not yet finished; return (and write) the summary of all stages. With
+    ``resume`` an unfinished stage continues from its latest checkpoint, if it has one."""
     check_stages(cfg.pipeline.stages)
     out = Path(cfg.pipeline.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,12 +119,15 @@ def run_pipeline(cfg: RunConfig, show_progress: bool = True, announce: Callable[
         if spec.name in state:
             announce(f"stage {number}/{total} {spec.name} ({spec.type}): finished before, skipped")
         else:
-            announce(f"stage {number}/{total} {spec.name} ({spec.type})")
+            checkpoint = resume_point(out / spec.name, resume)
+            announce(f"stage {number}/{total} {spec.name} ({spec.type})"
+                     + (f": resuming from {checkpoint.name}" if checkpoint else ""))
             outputs = {name: done["output"] for name, done in state.items()}
             stage_cfg = stage_config(cfg, spec, outputs, out / spec.name)
             init = {"previous": policy, "base": base}.get(spec.init) or Path(state[spec.init]["output"])
             runner = RUNNERS[spec.type][0]
-            result = runner(stage_cfg, init, show_progress)
+            result = runner(stage_cfg, init, show_progress, resume)
+            halt_if_stopped(out / spec.name, spec.name)
             evaluation = None
             if spec.type in POLICY_STAGES and spec.evaluate:
                 evaluation = run_eval(stage_cfg, result, out / f"eval-{spec.name}", show_progress)
@@ -127,6 +138,16 @@ def run_pipeline(cfg: RunConfig, show_progress: bool = True, announce: Callable[
     if cfg.pipeline.score_with:
         score_evaluations(cfg, out, state)
     return write_pipeline_summary(out, cfg, state)
+
+
+def halt_if_stopped(stage_dir: Path, name: str) -> None:
+    """A stage an alert stopped is not finished: stop the pipeline there (it can be resumed)."""
+    summary = stage_dir / "summary.json"
+    reason = json.loads(summary.read_text()).get("stopped_early") if summary.is_file() else None
+    if reason:
+        raise StageStopped(f"pipeline stage {name!r} stopped early ({reason}); later stages were not "
+                           f"run. Fix the cause, then start the pipeline again with --resume to "
+                           f"continue it from its last checkpoint")
 
 
 def score_evaluations(cfg: RunConfig, out: Path, state: dict[str, dict]) -> None:

@@ -119,8 +119,8 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
     >>> filter_logits(torch.tensor([[1.0, 3.0, 2.0]]), top_k=2).tolist()
     [[-inf, 3.0, 2.0]]
-    >>> filter_logits(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), top_p=0.7).exp().tolist()
-    [[0.5, 0.30000001192092896, 0.0]]
+    >>> [round(p, 4) for p in filter_logits(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), top_p=0.7).exp()[0].tolist()]
+    [0.5, 0.3, 0.0]
     """
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (N, 1)

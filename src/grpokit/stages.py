@@ -1,17 +1,22 @@
 """Each stage of a run as a function of the run config: base model, SFT, GRPO, PPO, rejection
-sampling, reward-model training, evaluation."""
+sampling, reward-model training, evaluation.
+
+The training stages take ``resume``: continue from the latest complete checkpoint in the stage's
+output directory (exactly; see ``grpokit.checkpoint``), or start afresh when there is none."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from grpokit.config import RunConfig, write_resolved
+from grpokit.checkpoint import latest_valid_checkpoint
+from grpokit.config import MonitorConfig, RunConfig, write_resolved
 from grpokit.data import load_rows, to_prompt_rows, validate_prompt_rows
 from grpokit.evaluation import evaluate
 from grpokit.models import check_model_dir, create_embedded_default, load_model, load_tokenizer, pick_device
+from grpokit.monitoring.callbacks import monitor_callbacks
+from grpokit.rejection import rejection_sample
 from grpokit.tasks import get_task
 from grpokit.trainers.common import write_summary
-from grpokit.rejection import rejection_sample
 from grpokit.trainers.grpo import GRPOTrainer
 from grpokit.trainers.ppo import PPOTrainer
 from grpokit.trainers.reward_model import run_reward_model
@@ -54,19 +59,30 @@ def train_rows(cfg: RunConfig, demonstrations: bool) -> list[dict]:
     return make(cfg.data.num_train, seed=cfg.data.seed, exclude=held_out)
 
 
-def run_sft(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True) -> Path:
+def resume_point(output_dir: str | Path, resume: bool) -> Path | None:
+    """With ``resume``, the latest complete checkpoint in ``output_dir``; else (or when there is
+    none yet) None: the stage starts afresh."""
+    return latest_valid_checkpoint(output_dir) if resume else None
+
+
+def run_sft(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:
     """Fine-tune ``model_dir`` on demonstrations; returns the trained model's directory."""
     write_resolved(cfg, cfg.sft.output_dir, RUN_CONFIG)
     trainer = SFTTrainer(model=str(model_dir), args=cfg.sft, train_dataset=train_rows(cfg, True))
-    return Path(trainer.train(show_progress)["model_dir"])
+    return Path(trainer.train(show_progress, resume_point(cfg.sft.output_dir, resume))["model_dir"])
 
 
-def run_grpo(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True) -> Path:
+def callbacks(cfg: RunConfig, monitor: MonitorConfig) -> list:
+    """Periodic held-out evaluation, alerts and the completions log, as ``monitor`` asks."""
+    return monitor_callbacks(monitor, test_rows(cfg) if monitor.eval_steps else None, cfg.eval)
+
+
+def run_grpo(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:
     """GRPO on ``model_dir`` with the configured rewards; returns the trained model's directory."""
     write_resolved(cfg, cfg.grpo.output_dir, RUN_CONFIG)
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=cfg.rewards, args=cfg.grpo,
-                          train_dataset=train_rows(cfg, False))
-    return Path(trainer.train(show_progress)["model_dir"])
+                          train_dataset=train_rows(cfg, False), callbacks=callbacks(cfg, cfg.grpo.monitor))
+    return Path(trainer.train(show_progress, resume_point(cfg.grpo.output_dir, resume))["model_dir"])
 
 
 def preference_rows(cfg: RunConfig) -> list[dict]:
@@ -77,22 +93,24 @@ def preference_rows(cfg: RunConfig) -> list[dict]:
     return task.preference_rows(cfg.data.num_train, seed=cfg.data.seed, exclude=held_out)
 
 
-def run_ppo(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True) -> Path:
+def run_ppo(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:
     """PPO on ``model_dir`` with the configured rewards; returns the trained model's directory."""
     write_resolved(cfg, cfg.ppo.output_dir, RUN_CONFIG)
     trainer = PPOTrainer(model=str(model_dir), reward_funcs=cfg.rewards, args=cfg.ppo,
-                         train_dataset=train_rows(cfg, False))
-    return Path(trainer.train(show_progress)["model_dir"])
+                         train_dataset=train_rows(cfg, False), callbacks=callbacks(cfg, cfg.ppo.monitor))
+    return Path(trainer.train(show_progress, resume_point(cfg.ppo.output_dir, resume))["model_dir"])
 
 
-def run_rm(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True) -> Path:
+def run_rm(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:
     """Bradley–Terry reward model from ``model_dir``; returns the saved reward model's directory."""
     write_resolved(cfg, cfg.rm.output_dir, RUN_CONFIG)
-    return run_reward_model(cfg.rm, model_dir, preference_rows(cfg), show_progress)
+    return run_reward_model(cfg.rm, model_dir, preference_rows(cfg), show_progress,
+                            resume_point(cfg.rm.output_dir, resume))
 
 
-def run_sample(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True) -> Path:
-    """Rejection-sample training prompts with ``model_dir``; returns the SFT set's path."""
+def run_sample(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:
+    """Rejection-sample training prompts with ``model_dir``; returns the SFT set's path
+    (``resume`` is accepted for a uniform signature: sampling has no checkpoints)."""
     write_resolved(cfg, cfg.sample.output_dir, RUN_CONFIG)
     summary = rejection_sample(model_dir, train_rows(cfg, False), cfg.rewards, cfg.sample, show_progress)
     if summary["kept"] == 0:

@@ -1,5 +1,8 @@
-"""Metric sinks and progress display."""
+"""Metric sinks, progress display, alert rules (callbacks live in ``grpokit.monitoring.callbacks``,
+which imports the evaluation that imports this package)."""
 
-from grpokit.monitoring.sinks import MetricsWriter, progress_bar
+from grpokit.monitoring.alerts import RULES, Alert, StepRecord
+from grpokit.monitoring.sinks import SINKS, MetricsWriter, SinkOptions, progress_bar, register_sink
 
-__all__ = ["MetricsWriter", "progress_bar"]
+__all__ = ["RULES", "SINKS", "Alert", "MetricsWriter", "SinkOptions", "StepRecord", "progress_bar",
+           "register_sink"]

@@ -73,7 +73,7 @@ def answers_match(predicted: str | None, reference) -> bool:
         return False
     try:
         return float(predicted) == float(reference)
-    except ValueError:
+    except (ValueError, OverflowError):  # not numbers, or integers beyond float range
         return predicted.strip() == str(reference).strip()
 
 
@@ -155,7 +155,7 @@ def parse_number(text) -> float | None:
     (None, None, None, None)
     """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
+        return _as_float(text)
     if not isinstance(text, str):
         return None
     cleaned = text.strip().removesuffix("%").strip()
@@ -163,11 +163,22 @@ def parse_number(text) -> float | None:
     cleaned = sign + cleaned[len(sign):].lstrip().removeprefix("$").lstrip()
     fraction = _FRACTION.fullmatch(cleaned)
     if fraction:
-        denominator = int(fraction.group(2))
-        return int(fraction.group(1)) / denominator if denominator else None
+        try:  # int() refuses strings past 4,300 digits; the quotient may overflow a float
+            numerator, denominator = int(fraction.group(1)), int(fraction.group(2))
+            return numerator / denominator if denominator else None
+        except (ValueError, OverflowError):
+            return None
     if _NUMBER.fullmatch(cleaned):
         return float(cleaned.replace(",", ""))
     return None
+
+
+def _as_float(number: int | float) -> float | None:
+    """``float(number)``; None for an integer too large for a float."""
+    try:
+        return float(number)
+    except OverflowError:
+        return None
 
 
 def numbers_close(predicted: float | None, reference: float | None, rel_tol: float = 1e-9,

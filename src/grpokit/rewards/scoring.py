@@ -11,6 +11,12 @@ does not apply to this sample". :func:`score_completions` calls each function wi
 - every extra dataset column, one value per completion,
 - ``trainer_state`` when the caller passes one.
 
+A function that raises is called again one sample at a time to find the samples it fails on
+(so a failing batch of N costs N more calls). With ``on_error="raise"`` (the default) the first
+failing sample's exception propagates with a note naming the function, the sample and its
+prompt; with ``on_error="skip"`` those samples get None from that function and
+``RewardBatch.errors`` counts them (logged as ``reward/<name>/errors``).
+
 >>> def length(prompts, completions, **kwargs):
 ...     return [float(len(c)) for c in completions]
 >>> def exact(prompts, completions, answer, **kwargs):
@@ -31,11 +37,12 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import logging
 import math
 import numbers
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -57,6 +64,8 @@ __all__ = [
 
 RewardFunc = Callable[..., Sequence[float | None]]
 
+logger = logging.getLogger("grpokit")
+
 #: Registered reward functions by name; fill it with :func:`register_reward`.
 REWARD_REGISTRY: dict[str, RewardFunc] = {}
 
@@ -77,11 +86,14 @@ class RewardBatch:
         total: ``(N,)`` float32; ``nansum`` over functions of ``weight * reward``.
             A completion for which every function returned None gets total 0.
         names: the F function names, in column order.
+        errors: with ``on_error="skip"``, how many samples each function raised on (by name);
+            None with ``on_error="raise"``.
     """
 
     per_func: torch.Tensor  # [N, F]
     total: torch.Tensor  # [N]
     names: list[str]
+    errors: dict[str, int] | None = None
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -95,6 +107,7 @@ def score_completions(
     columns: dict[str, Sequence[Any]] | None = None,
     weights: Sequence[float] | None = None,
     trainer_state: dict | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
 ) -> RewardBatch:
     """Call every reward function on N completions and combine the results.
 
@@ -111,6 +124,8 @@ def score_completions(
         columns: extra dataset columns, passed to every function as keywords.
         weights: one per function; default all 1.0.
         trainer_state: optional dict passed as the ``trainer_state`` keyword.
+        on_error: what a function that raises does: ``"raise"`` the error (with a note naming
+            the sample), or ``"skip"``: None for the samples it raises on.
 
     Returns:
         A :class:`RewardBatch`.
@@ -121,10 +136,14 @@ def score_completions(
     kwargs = _build_kwargs(prompts, completions, completion_ids, columns or {})
     if trainer_state is not None:
         kwargs["trainer_state"] = trainer_state
-    columns_out = [_call_one(f, name, kwargs) for f, name in zip(funcs, names)]  # F lists of N
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"score_completions: on_error is {on_error!r}; expected 'raise' or 'skip'")
+    called = [_call_one(f, name, kwargs, on_error) for f, name in zip(funcs, names)]
+    columns_out = [values for values, _ in called]  # F lists of N
     per_func = torch.tensor(columns_out, dtype=torch.float32).reshape(len(funcs), -1).T  # [N, F]
     total = torch.nansum(per_func * weight_tensor, dim=1)  # [N]; all-None rows -> 0
-    return RewardBatch(per_func=per_func, total=total, names=names)
+    errors = {name: failed for name, (_, failed) in zip(names, called)} if on_error == "skip" else None
+    return RewardBatch(per_func=per_func, total=total, names=names, errors=errors)
 
 
 def _as_func_list(reward_funcs: Any) -> list[RewardFunc]:
@@ -220,16 +239,61 @@ def _wrap(completion: Any, prompt: Any) -> Any:
     return completion
 
 
-def _call_one(fn: RewardFunc, name: str, kwargs: dict[str, Any]) -> list[float]:
-    """Call one reward function on shallow copies of the inputs; validate its output."""
-    fresh = {k: (list(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
+def _call_one(fn: RewardFunc, name: str, kwargs: dict[str, Any], on_error: str) -> tuple[list[float], int]:
+    """Call one reward function on shallow copies of the inputs; return its validated rewards
+    and the number of samples it raised on (see the module docstring for ``on_error``)."""
     try:
-        output = fn(**fresh)
-    except Exception as exc:
-        if hasattr(exc, "add_note"):  # Python >= 3.11
-            exc.add_note(f"(raised inside reward function '{name}' called by grpokit score_completions)")
-        raise
-    return _validate_output(output, name, kwargs)
+        output = fn(**_fresh(kwargs))
+    except Exception as error:  # found below, one sample at a time
+        batch_error = error
+    else:
+        return _validate_output(output, name, kwargs), 0
+    return _call_per_sample(fn, name, kwargs, on_error, batch_error)
+
+
+def _fresh(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Shallow copies of the per-sample lists, so a function that mutates them harms nothing."""
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
+
+
+def _call_per_sample(fn: RewardFunc, name: str, kwargs: dict[str, Any], on_error: str,
+                     batch_error: Exception) -> tuple[list[float], int]:
+    """Call ``fn`` on each sample alone; a sample it raises on raises (``"raise"``) or scores
+    NaN (``"skip"``). Every list in ``kwargs`` holds one value per sample."""
+    n, values, failed = len(kwargs["completions"]), [], []
+    for i in range(n):
+        one = {k: ([v[i]] if isinstance(v, list) else v) for k, v in kwargs.items()}
+        try:
+            output = fn(**one)
+        except Exception as error:
+            if on_error == "raise":
+                _add_note(error, f"(raised inside reward function '{name}' on sample {i} of {n}, called by "
+                                 f"grpokit score_completions; GRPO's reward_errors: skip scores such "
+                                 f"samples None instead)\n{_sample(kwargs, i)}")
+                raise
+            failed.append((i, error))
+            values.append(math.nan)
+        else:
+            values.extend(_validate_output(output, name, one))
+    if not failed:
+        if on_error == "raise":  # only the whole batch fails: nothing to skip, so raise that
+            _add_note(batch_error, f"(raised inside reward function '{name}' on a batch of {n} samples, "
+                                   f"called by grpokit score_completions; each sample alone scored fine)")
+            raise batch_error
+        logger.warning("reward function '%s' raised on a batch of %d samples (%s: %s) but not on any "
+                       "sample alone; scored them one at a time", name, n, type(batch_error).__name__,
+                       batch_error)
+    else:
+        first, error = failed[0]
+        logger.warning("reward function '%s' raised on %d of %d samples (first: sample %d, %s: %s); they "
+                       "score None", name, len(failed), n, first, type(error).__name__, error)
+    return values, len(failed)
+
+
+def _add_note(error: Exception, note: str) -> None:
+    """Attach ``note`` to the exception's report (Python >= 3.11; a no-op before)."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
 
 
 # -------------------------------------------------------------------------- validation
@@ -305,6 +369,7 @@ def reward_metrics(batch: RewardBatch) -> dict[str, float]:
 
     Std is the sample std (Bessel-corrected, like ``torch.std`` and TRL's logs), so
     it is nan with fewer than 2 values; a function that returned only None logs nan.
+    With ``batch.errors`` each function also logs ``reward/<name>/errors``.
 
     >>> b = RewardBatch(per_func=torch.tensor([[1.0], [3.0], [float("nan")]]),
     ...                 total=torch.tensor([1.0, 3.0, 0.0]), names=["acc"])
@@ -317,6 +382,8 @@ def reward_metrics(batch: RewardBatch) -> dict[str, float]:
         column = column[~torch.isnan(column)]
         metrics[f"reward/{name}/mean"] = _stat(column, torch.mean)
         metrics[f"reward/{name}/std"] = _stat(column, torch.std)
+        if batch.errors is not None:
+            metrics[f"reward/{name}/errors"] = float(batch.errors.get(name, 0))
     metrics["reward/mean"] = _stat(batch.total, torch.mean)
     metrics["reward/std"] = _stat(batch.total, torch.std)
     return metrics

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -65,3 +67,20 @@ def write_summary(output_dir: str | Path, summary: dict) -> Path:
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, target)
     return target
+
+
+def shuffled_batches(items: list, size: int, seed: int) -> Iterator[list]:
+    """Endless batches of ``size`` items, a new permutation each epoch (the last partial batch
+    of an epoch is dropped unless the data is smaller than one batch).
+
+    >>> batches = shuffled_batches(list("abcde"), 2, seed=0)
+    >>> epoch = [next(batches) for _ in range(2)]
+    >>> all(len(b) == 2 for b in epoch), len(set(sum(epoch, [])))
+    (True, 4)
+    """
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        for start in range(0, max(len(order) - size, 0) + 1, size):
+            yield [items[i] for i in order[start : start + size]]

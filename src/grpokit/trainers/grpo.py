@@ -14,6 +14,9 @@ One step (what ``max_steps`` counts):
 5. every ``ref_model_sync_steps`` steps move the reference model to the policy (iterative GRPO),
    then call each callback's ``on_step_end(trainer, step, batch, metrics)``.
 
+Checkpoints, exact resume, skipped non-finite updates, ``request_stop`` and ``rollback`` come
+from ``grpokit.trainers.loop.TrainingLoop``.
+
 The trainer is algorithm-blind: it hands log-probs, advantages, masks and token weights to
 ``grpokit.algorithms.policy_loss``; ``loss_type`` only picks the token weights by name.
 """
@@ -29,6 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from transformers import set_seed
 
 from grpokit.algorithms import (
     PolicyLossInputs,
@@ -44,11 +48,11 @@ from grpokit.config import GRPOConfig, write_resolved
 from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
 from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
 from grpokit.models import save_model
-from grpokit.monitoring import MetricsWriter, progress_bar
 from grpokit.rewards import RewardBatch, resolve_reward, reward_metrics, score_completions
 from grpokit.rewards.process import resolve_process_reward, score_steps
 from grpokit.rollout import Rollout, SamplingParams, generate
 from grpokit.trainers.common import final_model, is_peft, resolve_model, write_summary
+from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 
 
@@ -65,7 +69,7 @@ class StepBatch:
     ref_logp: torch.Tensor | None  # (N, Tc) or None when beta == 0
 
 
-class GRPOTrainer:
+class GRPOTrainer(TrainingLoop):
     """Train a causal LM with GRPO, with TRL's constructor and reward-function contract.
 
     ``model`` is a local model directory or a ``PreTrainedModel`` (then pass its tokenizer as
@@ -77,9 +81,12 @@ class GRPOTrainer:
 
     ``callbacks`` are objects with an optional ``on_step_end(trainer, step, batch, metrics)``,
     called after every step (``step`` counts from 1, ``batch`` is the ``StepBatch``); keys they
-    add to ``metrics`` are written to metrics.jsonl. Iterative reward-model training
-    (DeepSeekMath Algorithm 1) hooks in here, with ``grpokit.algorithms.ReplayBuffer``.
+    add to ``metrics`` are written to metrics.jsonl, and they may call ``trainer.request_stop(reason)``
+    or ``trainer.rollback(lr_factor)``. Iterative reward-model training (DeepSeekMath Algorithm 1)
+    hooks in here, with ``grpokit.algorithms.ReplayBuffer``.
     """
+
+    stage = "grpo"
 
     def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None):
@@ -103,7 +110,6 @@ class GRPOTrainer:
                              "train without LoRA (under LoRA the reference is the adapter-free base)")
         self.process_reward = (resolve_process_reward(args.process_reward, self.device)
                                if args.process_reward else None)
-        self.callbacks = list(callbacks or [])
         self.columns = extra_columns(self.rows)
         self.prompt_ids = [self._encode(r["prompt"]) for r in self.rows]
         # rows carry their position so a sampled row finds its pre-tokenized prompt
@@ -112,7 +118,7 @@ class GRPOTrainer:
                                        args.top_p, args.top_k)
         self.generator = torch.Generator(self.device).manual_seed(args.seed)
         self.eos_token_id = self.tokenizer.eos_token_id  # where sampling stops
-        self.step_index = 0
+        self.init_loop(callbacks)
 
     def _frozen_copy(self):
         ref = copy.deepcopy(self.model).eval()
@@ -160,8 +166,8 @@ class GRPOTrainer:
                                                   max_steps=self.args.max_steps))
 
     def score(self, rows: list[dict], rollout: Rollout, texts: list[str]) -> RewardBatch:
-        return score_completions(self.reward_funcs, completions=texts,
-                                 weights=self.args.reward_weights, **self.reward_inputs(rows, rollout))
+        return score_completions(self.reward_funcs, completions=texts, weights=self.args.reward_weights,
+                                 on_error=self.args.reward_errors, **self.reward_inputs(rows, rollout))
 
     def score_process(self, rows: list[dict], rollout: Rollout, texts: list[str]
                       ) -> tuple[list[list[float]], torch.Tensor]:
@@ -221,8 +227,9 @@ class GRPOTrainer:
                 ref[micro.rows, : logp.shape[1]] = logp.float().cpu()
         return ref
 
-    def policy_pass(self, batch: StepBatch) -> dict[str, float]:
-        """One optimizer step on the whole batch; returns that pass's loss statistics."""
+    def policy_pass(self, batch: StepBatch) -> dict:
+        """One optimizer step on the whole batch; returns that pass's loss statistics and, under
+        ``problem``, what was NaN/Inf when the update was skipped (else None)."""
         args, totals = self.args, {}
         for micro in self.micro_batches(batch.rollout):
             logp, entropy = self._forward(self.model, batch.rollout, micro, with_entropy=True)
@@ -242,8 +249,8 @@ class GRPOTrainer:
             stats = {**stats, "loss": loss.detach(), "entropy_sum": (entropy.detach() * mask).sum()}
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
-        totals["grad_norm"] = clip_and_step(self.model, self.optimizer, self.scheduler,
-                                            args.max_grad_norm)
+        totals["grad_norm"], totals["problem"] = clip_and_step(
+            self.model, self.optimizer, self.scheduler, args.max_grad_norm, totals["loss"])
         return totals
 
     def step(self) -> dict[str, float]:
@@ -260,10 +267,8 @@ class GRPOTrainer:
             self.sync_reference()
         metrics = step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
                                self.args.num_generations)
-        for callback in self.callbacks:
-            if hasattr(callback, "on_step_end"):
-                callback.on_step_end(self, self.step_index, batch, metrics)
-        return metrics
+        problem = next((p["problem"] for p in passes if p["problem"]), None)
+        return self.end_step(batch, metrics, problem)
 
     @torch.no_grad()
     def sync_reference(self) -> None:
@@ -273,30 +278,37 @@ class GRPOTrainer:
             ref.lerp_(param, self.args.ref_model_mixup_alpha)  # exactly param when α = 1
 
     # ----------------------------------------------------------------- the loop
-    def train(self, show_progress: bool = True) -> dict:
+    def train(self, show_progress: bool = True, resume_from_checkpoint: bool | str | None = None) -> dict:
+        """Train for ``max_steps``; ``resume_from_checkpoint`` (True: the latest checkpoint in
+        ``output_dir``, or a checkpoint path) continues an interrupted run exactly."""
         args, out = self.args, Path(self.args.output_dir)
         write_resolved(args, out)
-        torch.manual_seed(args.seed)
-        total_updates = args.max_steps * args.num_iterations
-        self.optimizer, self.scheduler = build_optimizer(self.model, args, total_updates)
-        writer, history, started = MetricsWriter(out, args.report_to), [], time.perf_counter()
+        set_seed(args.seed)  # python, numpy and torch: reward functions may draw too
+        self.optimizer, self.scheduler = build_optimizer(self.model, args,
+                                                         args.max_steps * args.num_iterations)
         self.model.train()
-        with progress_bar("GRPO", disable=not show_progress) as bar:
-            task = bar.add_task("grpo", total=args.max_steps, status="")
-            while self.step_index < args.max_steps:
-                metrics = self.step()
-                writer.write(self.step_index, metrics)
-                history.append(metrics)
-                if args.save_steps and self.step_index % args.save_steps == 0:
-                    save_model(self.model, self.tokenizer, out / f"checkpoint-{self.step_index}")
-                bar.update(task, advance=1, status=f"reward {headline_reward(metrics):.3f} "
-                                                   f"kl {metrics['kl']:.4f}")
-        writer.close()
+        seconds = self.run_loop("GRPO", show_progress, resume_from_checkpoint)
         self.model = final_model(self.model)
         save_model(self.model, self.tokenizer, out / "model")
-        summary = summarize(history, time.perf_counter() - started, out / "model")
+        summary = {**summarize(self.history, seconds, out / "model"), **self.loop_summary()}
         write_summary(out, summary)
         return summary
+
+    def status(self, metrics: dict[str, float]) -> str:
+        return f"reward {headline_reward(metrics):.3f} kl {metrics['kl']:.4f}"
+
+    def checkpoint_models(self) -> dict:
+        """The reference moves with iterative GRPO, so it is saved then (``reference/``)."""
+        return {"reference": self.ref_model} if self.args.ref_model_sync_steps else {}
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"sampling": self.generator}
+
+    def trainer_state(self) -> dict:
+        return {"stream": self.stream.state_dict()}
+
+    def load_trainer_state(self, state: dict) -> None:
+        self.stream.load_state_dict(state["stream"])
 
 
 def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,

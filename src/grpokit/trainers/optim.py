@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers import get_scheduler
 
@@ -28,12 +30,44 @@ def build_optimizer(
     return optimizer, scheduler
 
 
-def clip_and_step(model, optimizer, scheduler, max_grad_norm: float) -> float:
-    """Clip the gradient norm (0 = no clipping), step, zero grads; return the pre-clip norm."""
+def clip_and_step(model, optimizer, scheduler, max_grad_norm: float,
+                  loss: float = 0.0) -> tuple[float, str | None]:
+    """Clip the gradient norm (0 = no clipping), step, zero grads; return the pre-clip norm and
+    what was non-finite (None when the update was taken).
+
+    When ``loss`` or the gradient norm is NaN/Inf the update is skipped: the gradients are
+    zeroed and neither the optimizer nor the schedule advances.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     limit = max_grad_norm if max_grad_norm > 0 else float("inf")
-    norm = torch.nn.utils.clip_grad_norm_(params, limit)
-    optimizer.step()
-    scheduler.step()
+    norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+    problem = nonfinite_problem(loss, norm)
+    if problem is None:
+        optimizer.step()
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm, problem
+
+
+def nonfinite_problem(loss: float, grad_norm: float) -> str | None:
+    """What is NaN/Inf among the loss and the gradient norm; None when both are finite.
+
+    >>> nonfinite_problem(float("nan"), float("nan")), nonfinite_problem(0.5, float("inf"))
+    ('loss is nan', 'gradient norm is inf')
+    >>> nonfinite_problem(0.5, 2.0) is None
+    True
+    """
+    for what, value in (("loss", loss), ("gradient norm", grad_norm)):
+        if not math.isfinite(value):
+            return f"{what} is {value}"
+    return None
+
+
+def scale_learning_rate(optimizer, scheduler, factor: float) -> None:
+    """Multiply the learning rate of every param group, and the schedule's base rates, by
+    ``factor`` (the schedule multiplies its base rates, so the change lasts)."""
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+        if "initial_lr" in group:
+            group["initial_lr"] *= factor
+    scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]

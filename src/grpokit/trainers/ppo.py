@@ -23,6 +23,9 @@ on its own copy of the backbone, loaded from the policy's checkpoint (fresh head
 ``save_pretrained`` load and save it with no code of ours, and it is the separate model of
 comparable size that PPO carries (a head on the policy's own trunk would be a different
 algorithm, with shared features and no second model to pay for).
+
+Checkpoints (the value model in ``checkpoint-N/value_model``), exact resume, skipped non-finite
+updates, ``request_stop`` and ``rollback`` come from ``grpokit.trainers.loop.TrainingLoop``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel, set_seed
 
 from grpokit.algorithms.gae import (
     explained_variance,
@@ -51,11 +54,11 @@ from grpokit.config import PPOConfig, write_resolved
 from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
 from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
 from grpokit.models import check_model_dir, save_model
-from grpokit.monitoring import MetricsWriter, progress_bar
 from grpokit.rewards import RewardBatch, resolve_reward, reward_metrics, score_completions
 from grpokit.rollout import Rollout, SamplingParams, generate
 from grpokit.trainers.common import final_model, is_peft, resolve_model, write_summary
 from grpokit.trainers.grpo import summarize
+from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 
 
@@ -108,18 +111,21 @@ def completion_values(value_model: PreTrainedModel, prompt_ids: torch.Tensor,
     return values[:, -width - 1 : -1].float()  # (B, Tc)
 
 
-class PPOTrainer:
+class PPOTrainer(TrainingLoop):
     """Train a causal LM with PPO and a value model; the constructor is ``GRPOTrainer``'s.
 
     ``model`` is a local model directory or a ``PreTrainedModel`` (then pass its tokenizer as
     ``processing_class``); ``reward_funcs`` and ``train_dataset`` follow the TRL reward contract
     exactly as in ``GRPOTrainer``. The trainer holds the policy, the value model, and the
     frozen reference when ``kl_coef > 0`` (under LoRA the reference is the base with adapters
-    disabled); rule rewards need no reward model.
+    disabled); rule rewards need no reward model. ``callbacks`` get
+    ``on_step_end(trainer, step, batch, metrics)`` as in ``GRPOTrainer``.
     """
 
+    stage = "ppo"
+
     def __init__(self, model, reward_funcs, args: PPOConfig | None = None, train_dataset=None,
-                 processing_class=None, peft_config=None):
+                 processing_class=None, peft_config=None, callbacks=None):
         self.args = args = args or PPOConfig()
         if train_dataset is None:
             raise ValueError("PPOTrainer needs a train_dataset with a 'prompt' column")
@@ -129,7 +135,9 @@ class PPOTrainer:
         if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(args.reward_weights)} values but there are "
                              f"{len(self.reward_funcs)} reward functions")
-        # the value model copies the policy's backbone before LoRA (if any) wraps the policy
+        # the value model copies the policy's backbone before LoRA (if any) wraps the policy; its
+        # scalar head is drawn from the seeded torch RNG
+        set_seed(args.seed)
         value_model = load_value_model(args.value_model_path or model)
         self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
                                                                 peft_config)
@@ -145,7 +153,7 @@ class PPOTrainer:
                                        args.top_p, args.top_k)
         self.generator = torch.Generator(self.device).manual_seed(args.seed)
         self.eos_token_id = self.tokenizer.eos_token_id
-        self.step_index = 0
+        self.init_loop(callbacks)
 
     def _frozen_copy(self):
         ref = copy.deepcopy(self.model).eval()
@@ -273,8 +281,9 @@ class PPOTrainer:
             values[micro.rows, : v.shape[1]] = v.cpu()
         return values * rollout.completion_mask
 
-    def ppo_pass(self, batch: PPOBatch) -> dict[str, float]:
-        """One optimizer step on the whole batch; returns that pass's loss statistics.
+    def ppo_pass(self, batch: PPOBatch) -> dict:
+        """One optimizer step on the whole batch; returns that pass's loss statistics and, under
+        ``problem``, what was NaN/Inf when the update was skipped (else None).
 
         Each micro-batch's token means are weighted by its share of the batch's tokens, so the
         accumulated loss and gradients are those of the whole batch at once.
@@ -302,8 +311,8 @@ class PPOTrainer:
                      "entropy": masked_mean(entropy.detach(), mask) * share}
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
-        totals["grad_norm"] = clip_and_step(self.trained_models, self.optimizer, self.scheduler,
-                                            args.max_grad_norm)
+        totals["grad_norm"], totals["problem"] = clip_and_step(
+            self.trained_models, self.optimizer, self.scheduler, args.max_grad_norm, totals["loss"])
         return totals
 
     def step(self) -> dict[str, float]:
@@ -316,37 +325,44 @@ class PPOTrainer:
         timings["train"] = time.perf_counter() - train_started
         timings["step"] = time.perf_counter() - started
         self.step_index += 1
-        return ppo_step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
-                                self.args.kl_coef)
+        metrics = ppo_step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
+                                   self.args.kl_coef)
+        problem = next((p["problem"] for p in passes if p["problem"]), None)
+        return self.end_step(batch, metrics, problem)
 
     # ----------------------------------------------------------------- the loop
-    def train(self, show_progress: bool = True) -> dict:
+    def train(self, show_progress: bool = True, resume_from_checkpoint: bool | str | None = None) -> dict:
+        """Train for ``max_steps``; ``resume_from_checkpoint`` (True: the latest checkpoint in
+        ``output_dir``, or a checkpoint path) continues an interrupted run exactly."""
         args, out = self.args, Path(self.args.output_dir)
         write_resolved(args, out)
-        torch.manual_seed(args.seed)
+        set_seed(args.seed)  # python, numpy and torch: reward functions may draw too
         self.build_optimizer()
-        writer, history, started = MetricsWriter(out, args.report_to), [], time.perf_counter()
         self.model.train()
         self.value_model.train()
-        with progress_bar("PPO", disable=not show_progress) as bar:
-            task = bar.add_task("ppo", total=args.max_steps, status="")
-            while self.step_index < args.max_steps:
-                metrics = self.step()
-                writer.write(self.step_index, metrics)
-                history.append(metrics)
-                if args.save_steps and self.step_index % args.save_steps == 0:
-                    checkpoint = out / f"checkpoint-{self.step_index}"
-                    self.save(checkpoint, checkpoint / "value_model")
-                bar.update(task, advance=1, status=f"reward {metrics['reward/mean']:.3f} "
-                                                   f"kl {metrics['kl']:.4f} "
-                                                   f"vf {metrics['loss/value']:.4f}")
-        writer.close()
+        seconds = self.run_loop("PPO", show_progress, resume_from_checkpoint)
         self.model = final_model(self.model)
         self.save(out / "model", out / "value_model")
-        summary = {**summarize(history, time.perf_counter() - started, out / "model"),
+        summary = {**summarize(self.history, seconds, out / "model"), **self.loop_summary(),
                    "stage": "ppo", "value_model_dir": str(out / "value_model")}
         write_summary(out, summary)
         return summary
+
+    def status(self, metrics: dict[str, float]) -> str:
+        return (f"reward {metrics['reward/mean']:.3f} kl {metrics['kl']:.4f} "
+                f"vf {metrics['loss/value']:.4f}")
+
+    def checkpoint_models(self) -> dict:
+        return {"value_model": self.value_model}
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"sampling": self.generator}
+
+    def trainer_state(self) -> dict:
+        return {"stream": self.stream.state_dict()}
+
+    def load_trainer_state(self, state: dict) -> None:
+        self.stream.load_state_dict(state["stream"])
 
     def save(self, policy_dir: Path, value_dir: Path) -> None:
         """Save the policy, then the value model (``value_dir`` may lie inside ``policy_dir``)."""

@@ -9,28 +9,31 @@ the model in one right-padded batch and the loss is ``bradley_terry_loss`` of th
 The model is a local directory of a sequence classifier with one output, or of a causal LM:
 then ``AutoModelForSequenceClassification`` keeps its body and puts a new one-output score
 head on top (DeepSeekMath initialises its reward model from the base model, ALGORITHMS.md §1.5).
+Checkpoints, exact resume, skipped non-finite updates, ``request_stop`` and ``rollback`` come
+from ``grpokit.trainers.loop.TrainingLoop``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoConfig, AutoModelForSequenceClassification, PreTrainedModel,
+                          PreTrainedTokenizerBase, set_seed)
 
 from grpokit.algorithms.preference import bradley_terry_loss, pair_accuracy
 from grpokit.config import RewardModelConfig, write_resolved
 from grpokit.data import DatasetError, _check_rows_container, _check_value, load_rows
 from grpokit.models import ModelLoadError, check_model_dir, load_tokenizer, pick_device, save_model
-from grpokit.monitoring import MetricsWriter, progress_bar
 from grpokit.rewards.reward_model import (encode, ensure_pad_token, is_sequence_classifier, right_pad,
                                           scored_text, sequence_scores)
-from grpokit.trainers.common import final_model, write_summary
+from grpokit.trainers.common import final_model, shuffled_batches, write_summary
+from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 
 Pair = tuple[list[int], list[int], float]  # chosen ids, rejected ids, margin
@@ -91,17 +94,6 @@ def split_held_out(rows: list[dict], fraction: float, seed: int) -> tuple[list[d
     return [rows[i] for i in order[count:]], [rows[i] for i in order[:count]]
 
 
-def shuffled_batches(items: list, size: int, seed: int) -> Iterator[list]:
-    """Endless batches of ``size`` items, a new permutation each epoch (the last partial batch
-    of an epoch is dropped unless the data is smaller than one batch)."""
-    rng = random.Random(seed)
-    while True:
-        order = list(range(len(items)))
-        rng.shuffle(order)
-        for start in range(0, max(len(order) - size, 0) + 1, size):
-            yield [items[i] for i in order[start : start + size]]
-
-
 # ----------------------------------------------------------------------------- the model
 
 
@@ -150,17 +142,20 @@ def resolve_preference_model(
 # --------------------------------------------------------------------------- the trainer
 
 
-class RewardModelTrainer:
+class RewardModelTrainer(TrainingLoop):
     """Train a reward model on preference pairs (TRL ``RewardTrainer`` rows) with Bradley–Terry.
 
     ``model`` is a local directory (a causal LM or a one-output sequence classifier) or a loaded
     sequence classifier (then pass its tokenizer as ``processing_class``). Datasets are anything
     ``load_rows`` reads. Without ``eval_dataset``, ``args.eval_fraction`` of the training pairs
-    are held out.
+    are held out. ``callbacks`` get ``on_step_end(trainer, step, pairs, metrics)`` as in
+    ``GRPOTrainer``.
     """
 
+    stage = "rm"
+
     def __init__(self, model, args: RewardModelConfig, train_dataset, eval_dataset=None,
-                 processing_class=None, peft_config=None):
+                 processing_class=None, peft_config=None, callbacks=None):
         self.args = args
         rows = validate_preference_rows(load_rows(train_dataset), "train_dataset")
         if eval_dataset is not None:
@@ -172,6 +167,22 @@ class RewardModelTrainer:
         self.pad_id = self.model.config.pad_token_id
         self.train_pairs = [encode_pair(r, self.tokenizer, args.max_length) for r in rows]
         self.eval_pairs = [encode_pair(r, self.tokenizer, args.max_length) for r in held_out]
+        self.eval_before: dict[str, float] | None = None
+        self.init_loop(callbacks)
+        self.start_batches()
+
+    def start_batches(self) -> None:
+        """Shuffled pair batches from the current step on (a step takes one batch, so the step is
+        the data position)."""
+        batches = shuffled_batches(self.train_pairs, self.args.per_device_train_batch_size, self.args.seed)
+        self.batches = itertools.islice(batches, self.step_index, None)
+
+    def trainer_state(self) -> dict:
+        return {"eval_before": self.eval_before}
+
+    def load_trainer_state(self, state: dict) -> None:
+        self.eval_before = state["eval_before"]
+        self.start_batches()
 
     def autocast(self):
         """bfloat16 autocast when ``args.bf16``; otherwise a no-op context."""
@@ -198,47 +209,50 @@ class RewardModelTrainer:
         return {"accuracy": pair_accuracy(chosen, rejected), "margin": float((chosen - rejected).mean()),
                 "score_mean": float(both.mean()), "score_std": float(both.std()) if len(both) > 1 else math.nan}
 
-    def train(self, show_progress: bool = True) -> dict:
+    def step(self) -> dict[str, float]:
+        """One optimizer step on the next batch of pairs."""
+        pairs = next(self.batches)
+        chosen, rejected = self.pair_scores(pairs)
+        margins = torch.tensor([p[2] for p in pairs], device=self.device)
+        objective = bradley_terry_loss(chosen, rejected, margins)
+        objective.backward()
+        loss = objective.item()
+        grad_norm, problem = clip_and_step(self.model, self.optimizer, self.scheduler,
+                                           self.args.max_grad_norm, loss)
+        self.step_index += 1
+        metrics = {"train/loss": loss, "train/accuracy": pair_accuracy(chosen.detach(), rejected.detach()),
+                   "train/margin": float((chosen - rejected).detach().mean()),
+                   "train/grad_norm": grad_norm, "train/learning_rate": self.scheduler.get_last_lr()[0]}
+        return self.end_step(pairs, metrics, problem)
+
+    def status(self, metrics: dict[str, float]) -> str:
+        return f"loss {metrics['train/loss']:.3f} acc {metrics['train/accuracy']:.2f}"
+
+    def train(self, show_progress: bool = True, resume_from_checkpoint: bool | str | None = None) -> dict:
+        """Train for ``max_steps``; ``resume_from_checkpoint`` (True: the latest checkpoint in
+        ``output_dir``, or a checkpoint path) continues an interrupted run exactly."""
         args, out = self.args, Path(self.args.output_dir)
         write_resolved(args, out)
-        torch.manual_seed(args.seed)
-        before = self.evaluate()
-        optimizer, scheduler = build_optimizer(self.model, args, args.max_steps)
-        writer = MetricsWriter(out, args.report_to)
-        batches = shuffled_batches(self.train_pairs, args.per_device_train_batch_size, args.seed)
+        set_seed(args.seed)  # python, numpy and torch
+        if not resume_from_checkpoint:  # a resumed run takes it from the checkpoint
+            self.eval_before = self.evaluate()
+        self.optimizer, self.scheduler = build_optimizer(self.model, args, args.max_steps)
         self.model.train()
-        started, loss = time.perf_counter(), float("nan")
-        with progress_bar("Reward model", disable=not show_progress) as bar:
-            task = bar.add_task("rm", total=args.max_steps, status="")
-            for step in range(1, args.max_steps + 1):
-                pairs = next(batches)
-                chosen, rejected = self.pair_scores(pairs)
-                margins = torch.tensor([p[2] for p in pairs], device=self.device)
-                objective = bradley_terry_loss(chosen, rejected, margins)
-                objective.backward()
-                grad_norm = clip_and_step(self.model, optimizer, scheduler, args.max_grad_norm)
-                loss, accuracy = objective.item(), pair_accuracy(chosen.detach(), rejected.detach())
-                writer.write(step, {"train/loss": loss, "train/accuracy": accuracy,
-                                    "train/margin": float((chosen - rejected).detach().mean()),
-                                    "train/grad_norm": grad_norm,
-                                    "train/learning_rate": scheduler.get_last_lr()[0]})
-                if args.save_steps and step % args.save_steps == 0:
-                    save_model(self.model, self.tokenizer, out / f"checkpoint-{step}")
-                bar.update(task, advance=1, status=f"loss {loss:.3f} acc {accuracy:.2f}")
-        writer.close()
+        seconds = self.run_loop("Reward model", show_progress, resume_from_checkpoint)
         after = self.evaluate()
         self.model = final_model(self.model)
         save_model(self.model, self.tokenizer, out / "model")
-        summary = {"stage": "rm", "steps": args.max_steps, "final_loss": loss,
+        summary = {"stage": "rm", "steps": self.step_index,
+                   "final_loss": self.history[-1]["train/loss"] if self.history else math.nan,
                    "train_pairs": len(self.train_pairs), "eval_pairs": len(self.eval_pairs),
-                   "eval_before": before, "eval_after": after,
-                   "seconds": time.perf_counter() - started, "model_dir": str(out / "model")}
+                   "eval_before": self.eval_before, "eval_after": after,
+                   "seconds": seconds, "model_dir": str(out / "model"), **self.loop_summary()}
         write_summary(out, summary)
         return summary
 
 
 def run_reward_model(cfg_section: RewardModelConfig, model_dir: str | Path, rows: Any,
-                     show_progress: bool = True) -> Path:
+                     show_progress: bool = True, resume_from_checkpoint: bool | str | None = None) -> Path:
     """Train a reward model from ``model_dir`` on preference ``rows``; returns the saved model's directory."""
     trainer = RewardModelTrainer(model=str(model_dir), args=cfg_section, train_dataset=rows)
-    return Path(trainer.train(show_progress)["model_dir"])
+    return Path(trainer.train(show_progress, resume_from_checkpoint)["model_dir"])

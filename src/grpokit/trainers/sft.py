@@ -2,24 +2,25 @@
 
 One step is one optimizer step on ``per_device_train_batch_size`` demonstrations; the loss is
 the mean negative log-likelihood over the batch's completion tokens (prompt and padding carry
-label -100).
+label -100). Checkpoints, exact resume, skipped non-finite updates, ``request_stop`` and
+``rollback`` come from ``grpokit.trainers.loop.TrainingLoop``.
 """
 
 from __future__ import annotations
 
-import random
-import time
+import itertools
+import math
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from grpokit.config import SFTConfig, write_resolved
 from grpokit.data import load_rows, render_prompt, validate_sft_rows
 from grpokit.rewards.rules import completion_text
-from grpokit.monitoring import MetricsWriter, progress_bar
 from grpokit.models import save_model
-from grpokit.trainers.common import final_model, resolve_model, write_summary
+from grpokit.trainers.common import final_model, resolve_model, shuffled_batches, write_summary
+from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 
 
@@ -62,15 +63,18 @@ def completion_nll(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> to
     )
 
 
-class SFTTrainer:
+class SFTTrainer(TrainingLoop):
     """Fine-tune a causal LM on ``{prompt, completion}`` (or ``messages``) rows.
 
     ``model`` is a local model directory or a loaded ``PreTrainedModel`` (then pass the
     tokenizer as ``processing_class``); ``train_dataset`` is anything ``load_rows`` reads.
+    ``callbacks`` get ``on_step_end(trainer, step, batch, metrics)`` as in ``GRPOTrainer``.
     """
 
+    stage = "sft"
+
     def __init__(self, model, args: SFTConfig, train_dataset, processing_class=None,
-                 peft_config=None):
+                 peft_config=None, callbacks=None):
         self.args = args
         rows = validate_sft_rows(load_rows(train_dataset), "train_dataset")
         self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
@@ -82,41 +86,48 @@ class SFTTrainer:
             for r in rows
         ]
 
-    def batches(self):
-        """Endless shuffled batches (a new permutation each epoch)."""
-        rng, size = random.Random(self.args.seed), self.args.per_device_train_batch_size
-        while True:
-            order = list(range(len(self.examples)))
-            rng.shuffle(order)
-            for start in range(0, max(len(order) - size, 0) + 1, size):
-                chosen = [self.examples[i] for i in order[start : start + size]]
-                yield collate(chosen, self.tokenizer.pad_token_id)
+        self.init_loop(callbacks)
+        self.start_batches()
 
-    def train(self, show_progress: bool = True) -> dict:
+    def start_batches(self) -> None:
+        """Shuffled batches from the current step on (a step takes one batch, so the step is the
+        data position)."""
+        batches = shuffled_batches(self.examples, self.args.per_device_train_batch_size, self.args.seed)
+        self.batches = itertools.islice(batches, self.step_index, None)
+
+    def load_trainer_state(self, state: dict) -> None:
+        self.start_batches()
+
+    def step(self) -> dict[str, float]:
+        """One optimizer step on the next batch of demonstrations."""
+        examples = next(self.batches)
+        batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
+        nll = completion_nll(self.model, batch)
+        nll.backward()
+        loss = nll.item()
+        grad_norm, problem = clip_and_step(self.model, self.optimizer, self.scheduler,
+                                           self.args.max_grad_norm, loss)
+        self.step_index += 1
+        metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
+                   "train/learning_rate": self.scheduler.get_last_lr()[0]}
+        return self.end_step(batch, metrics, problem)
+
+    def status(self, metrics: dict[str, float]) -> str:
+        return f"loss {metrics['train/loss']:.3f}"
+
+    def train(self, show_progress: bool = True, resume_from_checkpoint: bool | str | None = None) -> dict:
+        """Train for ``max_steps``; ``resume_from_checkpoint`` (True: the latest checkpoint in
+        ``output_dir``, or a checkpoint path) continues an interrupted run exactly."""
         args, out = self.args, Path(self.args.output_dir)
         write_resolved(args, out)
-        torch.manual_seed(args.seed)
-        optimizer, scheduler = build_optimizer(self.model, args, args.max_steps)
-        writer, batches = MetricsWriter(out, args.report_to), self.batches()
+        set_seed(args.seed)  # python, numpy and torch
+        self.optimizer, self.scheduler = build_optimizer(self.model, args, args.max_steps)
         self.model.train()
-        started, loss = time.perf_counter(), float("nan")
-        with progress_bar("SFT", disable=not show_progress) as bar:
-            task = bar.add_task("sft", total=args.max_steps, status="")
-            for step in range(1, args.max_steps + 1):
-                batch = {k: v.to(self.device) for k, v in next(batches).items()}
-                nll = completion_nll(self.model, batch)
-                nll.backward()
-                grad_norm = clip_and_step(self.model, optimizer, scheduler, args.max_grad_norm)
-                loss = nll.item()
-                writer.write(step, {"train/loss": loss, "train/grad_norm": grad_norm,
-                                    "train/learning_rate": scheduler.get_last_lr()[0]})
-                if args.save_steps and step % args.save_steps == 0:
-                    save_model(self.model, self.tokenizer, out / f"checkpoint-{step}")
-                bar.update(task, advance=1, status=f"loss {loss:.3f}")
-        writer.close()
+        seconds = self.run_loop("SFT", show_progress, resume_from_checkpoint)
         self.model = final_model(self.model)
         save_model(self.model, self.tokenizer, out / "model")
-        summary = {"stage": "sft", "steps": args.max_steps, "final_loss": loss,
-                   "seconds": time.perf_counter() - started, "model_dir": str(out / "model")}
+        summary = {"stage": "sft", "steps": self.step_index,
+                   "final_loss": self.history[-1]["train/loss"] if self.history else math.nan,
+                   "seconds": seconds, "model_dir": str(out / "model"), **self.loop_summary()}
         write_summary(out, summary)
         return summary

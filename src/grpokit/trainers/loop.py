@@ -1,0 +1,294 @@
+"""The loop every trainer shares: steps and their metrics, checkpoints that resume exactly,
+skipped non-finite updates, stop requests and rollbacks.
+
+A trainer subclasses :class:`TrainingLoop`, calls :meth:`~TrainingLoop.init_loop` at the end of
+``__init__``, builds ``optimizer`` and ``scheduler`` in ``train`` before
+:meth:`~TrainingLoop.run_loop`, and provides ``args`` (an ``OptimConfig``), ``model``,
+``tokenizer`` and
+
+- ``step() -> dict``: one step; it advances ``step_index`` and returns
+  ``self.end_step(batch, metrics, problem)``, ``problem`` saying what was NaN/Inf (or None);
+- ``status(metrics) -> str``: the progress bar's text;
+- optionally ``checkpoint_models()`` (models besides ``model`` that training changes),
+  ``generators()`` (the torch generators it samples with) and ``trainer_state()`` /
+  ``load_trainer_state(state)`` (its data position).
+
+Callbacks are objects with an optional ``on_step_end(trainer, step, batch, metrics)``; keys they
+add to ``metrics`` are logged, and they may call :meth:`~TrainingLoop.request_stop` or
+:meth:`~TrainingLoop.rollback`. A callback with ``state_dict()`` / ``load_state_dict(state)``
+has that state saved in checkpoints (tensors, numbers, strings, lists and dicts only).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from grpokit.checkpoint import (
+    CheckpointError,
+    complete_checkpoints,
+    latest_valid_checkpoint,
+    load_checkpoint,
+    resolve_resume,
+    restore_rng_state,
+    rng_state,
+    truncate_jsonl,
+    write_checkpoint,
+)
+from grpokit.monitoring import MetricsWriter, progress_bar
+from grpokit.trainers.optim import scale_learning_rate
+
+logger = logging.getLogger("grpokit")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row had a NaN/Inf loss or gradient norm."""
+
+
+@dataclass
+class NonFiniteSteps:
+    """Steps whose update was skipped because the loss or the gradient norm was NaN/Inf.
+
+    >>> steps = NonFiniteSteps(limit=2)
+    >>> [steps.observe(4, "loss is nan"), steps.observe(5, None), steps.observe(6, "loss is nan")]
+    [{'nonfinite/skipped_steps': 1}, {'nonfinite/skipped_steps': 1}, {'nonfinite/skipped_steps': 2}]
+    >>> steps.exhausted, steps.observe(7, "gradient norm is inf"), steps.exhausted
+    (False, {'nonfinite/skipped_steps': 3}, True)
+    >>> steps.describe()
+    'step 6: loss is nan; step 7: gradient norm is inf'
+    """
+
+    limit: int
+    skipped: int = 0
+    streak: list[list] = field(default_factory=list)  # [step, problem] of the bad steps in a row
+
+    def observe(self, step: int, problem: str | None) -> dict[str, float]:
+        """Count one step; return the metric logged with it."""
+        if problem is None:
+            self.streak = []
+        else:
+            self.skipped += 1
+            self.streak.append([step, problem])
+        return {"nonfinite/skipped_steps": self.skipped}
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.streak) >= self.limit
+
+    def describe(self) -> str:
+        return "; ".join(f"step {step}: {problem}" for step, problem in self.streak)
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped, "streak": self.streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped, self.streak = state["skipped"], [list(s) for s in state["streak"]]
+
+
+class TrainingLoop:
+    """Steps, metrics, checkpoints, resume, non-finite steps, stop requests and rollbacks."""
+
+    stage = "train"  # names the run in messages and the progress bar
+
+    def init_loop(self, callbacks=None) -> None:
+        self.callbacks = list(callbacks or [])
+        self.step_index = 0
+        self.history: list[dict[str, float]] = []  # every step's numeric metrics
+        self.nonfinite = NonFiniteSteps(self.args.max_consecutive_nonfinite)
+        self.stop_reason: str | None = None
+        self.rollbacks: list[dict] = []
+        self.lr_scale = 1.0  # the product of the rollbacks' learning-rate factors
+        self.writer: MetricsWriter | None = None  # open while train() runs
+        self._rolled_back = False
+        self._saved_step: int | None = None
+
+    # ------------------------------------------------------------ what a trainer may extend
+    def checkpoint_models(self) -> dict:
+        """Models besides ``model`` whose weights training changes, by checkpoint subdirectory."""
+        return {}
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The torch generators the trainer draws from (their states are checkpointed)."""
+        return {}
+
+    def trainer_state(self) -> dict:
+        """The trainer's own state (its data position) for checkpoints."""
+        return {}
+
+    def load_trainer_state(self, state: dict) -> None:
+        """Continue from what :meth:`trainer_state` returned."""
+
+    # ------------------------------------------------------------------------ the loop
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args.output_dir)
+
+    def run_loop(self, title: str, show_progress: bool, resume_from_checkpoint=None) -> float:
+        """Take steps until ``max_steps`` or a stop request; return the seconds it took.
+
+        ``resume_from_checkpoint``: True (the latest checkpoint of ``output_dir``), a checkpoint
+        path, or None; metrics.jsonl is then cut back to the checkpoint's step.
+        """
+        checkpoint = resolve_resume(resume_from_checkpoint, self.output_dir)
+        earlier = complete_checkpoints(self.output_dir) if checkpoint is None else []
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        elif earlier:
+            logger.warning("%s holds checkpoints of an earlier run (%s); this run starts afresh and replaces "
+                           "them as it reaches their steps (resume_from_checkpoint=True or --resume "
+                           "continues that run instead)", self.output_dir, ", ".join(p.name for p in earlier))
+        self.writer = MetricsWriter.from_args(self.args, resume=checkpoint is not None)
+        started = time.perf_counter()
+        try:
+            with progress_bar(title, disable=not show_progress) as bar:
+                if checkpoint is not None:
+                    bar.console.print(f"resumed {self.stage} from {checkpoint} (step {self.step_index})",
+                                      soft_wrap=True, highlight=False)
+                task = bar.add_task(self.stage, total=self.args.max_steps, completed=self.step_index,
+                                    status="")
+                while self.step_index < self.args.max_steps and self.stop_reason is None:
+                    self._rolled_back = False
+                    metrics = self.step()
+                    if not self._rolled_back:  # after a rollback the step never happened
+                        self.record(metrics)
+                    bar.update(task, completed=self.step_index, status=self.status(metrics))
+        finally:
+            self.writer.close()
+            self.writer = None
+        if self.stop_reason is not None:
+            self.save_checkpoint()
+        return time.perf_counter() - started
+
+    def end_step(self, batch, metrics: dict[str, float], problem: str | None) -> dict[str, float]:
+        """Count a skipped (non-finite) update, then run the callbacks; return the metrics."""
+        metrics.update(self.nonfinite.observe(self.step_index, problem))
+        if problem is not None:
+            logger.warning("%s step %d: %s; the update was skipped (%d skipped so far)",
+                           self.stage, self.step_index, problem, self.nonfinite.skipped)
+        for callback in self.callbacks:
+            if hasattr(callback, "on_step_end"):
+                callback.on_step_end(self, self.step_index, batch, metrics)
+            if self._rolled_back:
+                break
+        return metrics
+
+    def record(self, metrics: dict[str, float]) -> None:
+        """Log a finished step; stop on too many non-finite steps; save every ``save_steps``."""
+        self.writer.write(self.step_index, metrics)
+        self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        if self.nonfinite.exhausted:
+            self.stop_nonfinite()
+        if self.args.save_steps and self.step_index % self.args.save_steps == 0:
+            self.save_checkpoint()
+
+    def loop_summary(self) -> dict:
+        """What summary.json gets from the loop: a stop request, rollbacks, skipped steps."""
+        summary = {}
+        if self.stop_reason is not None:
+            summary["stopped_early"] = self.stop_reason
+        if self.rollbacks:
+            summary["rollbacks"] = self.rollbacks
+        if self.nonfinite.skipped:
+            summary["nonfinite_skipped_steps"] = self.nonfinite.skipped
+        return summary
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoint-<step_index>`` (once per step); weights holding NaN/Inf are never
+        saved (None is returned), so resume and rollback always find good ones."""
+        path = self.output_dir / f"checkpoint-{self.step_index}"
+        if self._saved_step == self.step_index:
+            return path
+        if not self.weights_finite():
+            logger.warning("%s step %d: the weights hold NaN/Inf; no checkpoint saved", self.stage,
+                           self.step_index)
+            return None
+        write_checkpoint(self.output_dir, self.step_index, self.model, self.tokenizer,
+                         self.checkpoint_state(), self.checkpoint_models(), self.args.save_total_limit)
+        self._saved_step = self.step_index
+        return path
+
+    def weights_finite(self) -> bool:
+        models = [self.model, *self.checkpoint_models().values()]
+        return all(bool(torch.isfinite(p).all()) for model in models for p in model.parameters())
+
+    def checkpoint_state(self) -> dict:
+        return {
+            "step": self.step_index, "history": self.history,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(self.generators()), "trainer": self.trainer_state(),
+            "nonfinite": self.nonfinite.state_dict(), "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
+            "callbacks": [c.state_dict() if hasattr(c, "state_dict") else None for c in self.callbacks],
+        }
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from ``checkpoint`` exactly: weights, optimizer, schedule, RNG, data position,
+        counters and history; metrics.jsonl is cut back to its step."""
+        state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
+                                self.checkpoint_models())
+        self.step_index, self.history = state["step"], state["history"]
+        self.nonfinite.load_state_dict(state["nonfinite"])
+        self.lr_scale, self.rollbacks = state["lr_scale"], state["rollbacks"]
+        self.load_trainer_state(state["trainer"])
+        for callback, saved in zip(self.callbacks, state["callbacks"]):
+            if saved is not None and hasattr(callback, "load_state_dict"):
+                callback.load_state_dict(saved)
+        restore_rng_state(state["rng"], self.generators())
+        truncate_jsonl(self.output_dir / "metrics.jsonl", self.step_index)
+        self._saved_step = self.step_index
+
+    # ---------------------------------------------------------------- control API
+    def request_stop(self, reason: str) -> None:
+        """End training after the current step: a checkpoint is saved, then the final model, and
+        summary.json records ``stopped_early: reason``."""
+        self.stop_reason = reason
+        logger.warning("%s: stop requested at step %d: %s", self.stage, self.step_index, reason)
+
+    def rollback(self, lr_factor: float) -> int:
+        """Reload the latest complete checkpoint up to the current step (weights, optimizer,
+        schedule, RNG, data position) and multiply the learning rate by ``lr_factor``; return the
+        step rolled back to.
+
+        Factors compound: a second rollback to the same checkpoint trains with the product of
+        both, so a run that diverged does not repeat itself. metrics.jsonl is cut back to the
+        checkpoint's step, and summary.json lists the rollbacks.
+        """
+        if self.writer is None:
+            raise RuntimeError("rollback() works while train() runs, e.g. from a callback's on_step_end")
+        if not lr_factor > 0:
+            raise ValueError(f"rollback: lr_factor must be > 0, got {lr_factor}")
+        checkpoint = latest_valid_checkpoint(self.output_dir, max_step=self.step_index)
+        if checkpoint is None:
+            raise CheckpointError(f"rollback at {self.stage} step {self.step_index}: {self.output_dir} holds "
+                                  f"no complete checkpoint to roll back to; set save_steps")
+        from_step, scale, rollbacks = self.step_index, self.lr_scale * lr_factor, self.rollbacks
+        self.writer.close()
+        self.restore(checkpoint)
+        scale_learning_rate(self.optimizer, self.scheduler, scale / self.lr_scale)
+        self.lr_scale = scale
+        self.rollbacks = [*rollbacks, {"step": from_step, "to_step": self.step_index, "lr_factor": lr_factor}]
+        self.writer = MetricsWriter.from_args(self.args, resume=True)
+        self._rolled_back = True
+        logger.warning("%s: rolled back from step %d to %s, learning rate x%g", self.stage, from_step,
+                       checkpoint, lr_factor)
+        return self.step_index
+
+    def stop_nonfinite(self) -> None:
+        """Save the last good state (when the weights are still finite) and raise NonFiniteError."""
+        if self.weights_finite():
+            kept = (f"those updates were skipped, so the weights are the last good ones; they are "
+                    f"saved with the optimizer and data position in {self.save_checkpoint()}")
+        else:
+            latest = latest_valid_checkpoint(self.output_dir, max_step=self.step_index)
+            kept = (f"the weights themselves hold NaN/Inf, so nothing was saved; the latest good "
+                    f"checkpoint is {latest or 'none'}")
+        raise NonFiniteError(
+            f"{self.stage} stopped at step {self.step_index} after {len(self.nonfinite.streak)} non-finite "
+            f"steps in a row (max_consecutive_nonfinite={self.args.max_consecutive_nonfinite}): "
+            f"{self.nonfinite.describe()}; {kept}. Lower the learning rate or check the data and "
+            f"rewards, then resume (--resume)")
