@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -189,9 +188,7 @@ def spawn(method: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", method]
     for key, value in settings.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
-    # freed tensors go back to the OS, so peak RSS follows live memory (see bench_memory.py)
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

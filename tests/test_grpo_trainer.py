@@ -222,7 +222,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(tmp_path):
         trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda s: 1.0)
         model.train()
         whole = MicroBatch(torch.arange(8), shared_prefix=not checkpointing)
-        logp, _ = trainer._forward(model, batch.rollout, whole, False)
+        logp, _ = trainer._logprobs(model, batch.rollout, whole, False)
         (logp * batch.advantages[:, None]).sum().backward()
         return [p.grad.clone() for p in model.parameters()]
 

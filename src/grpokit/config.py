@@ -297,7 +297,22 @@ class SFTConfig(OptimConfig):
     """Prompt + completion tokens kept per demonstration (longer ones are cut at the right)."""
 
 
-class GRPOConfig(OptimConfig):
+class SamplingConfig(OptimConfig):
+    """The sampler's settings, shared by the trainers that learn from their own samples."""
+
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature; log-probs in the loss use the same temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    top_k: int = Field(0, ge=0)
+    """Sample only among the k most likely tokens (0: off)."""
+    max_prompt_length: int | None = Field(None, ge=1)
+    """Prompts longer than this many tokens are cut at the left (None: keep whole)."""
+    max_completion_length: int = Field(256, ge=1)
+    """Most tokens sampled per completion."""
+
+
+class GRPOConfig(SamplingConfig):
     """GRPO: one step samples ``prompts_per_step × num_generations`` completions, scores them and
     takes ``num_iterations`` optimizer steps (μ) on that batch."""
 
@@ -333,16 +348,6 @@ class GRPOConfig(OptimConfig):
     """Importance ratio per token (GRPO) or one length-normalised ratio per sequence (GSPO)."""
     mask_truncated_completions: bool = False
     """Leave completions that hit max_completion_length out of the loss."""
-    temperature: float = Field(1.0, gt=0)
-    """Sampling temperature; log-probs in the loss use the same temperature."""
-    top_p: float = Field(1.0, gt=0, le=1)
-    """Nucleus sampling mass."""
-    top_k: int = Field(0, ge=0)
-    """Sample only among the k most likely tokens (0: off)."""
-    max_prompt_length: int | None = Field(None, ge=1)
-    """Prompts longer than this many tokens are cut at the left (None: keep whole)."""
-    max_completion_length: int = Field(256, ge=1)
-    """Most tokens sampled per completion."""
     process_reward: str | None = None
     """Process supervision (DeepSeekMath §4.1.3): a registered process reward ('digit_sum_steps'),
     'package.module:function', or a sequence-classification model directory, scoring each step.
@@ -377,7 +382,7 @@ class RewardModelConfig(OptimConfig):
     when an eval dataset is given; 0: no held-out pairs)."""
 
 
-class PPOConfig(OptimConfig):
+class PPOConfig(SamplingConfig):
     """PPO with a value model: one step samples ``prompts_per_step × num_generations``
     completions, scores them, and takes ``num_ppo_epochs`` optimizer steps on that batch.
     Names follow TRL's ``PPOConfig``."""
@@ -412,16 +417,6 @@ class PPOConfig(OptimConfig):
     checkpoint with a fresh scalar head."""
     reward_weights: list[float] | None = None
     """Weight of each reward function in the score; None weighs each 1."""
-    temperature: float = Field(1.0, gt=0)
-    """Sampling temperature; log-probs in the loss use the same temperature."""
-    top_p: float = Field(1.0, gt=0, le=1)
-    """Nucleus sampling mass."""
-    top_k: int = Field(0, ge=0)
-    """Sample only among the k most likely tokens (0: off)."""
-    max_prompt_length: int | None = Field(None, ge=1)
-    """Prompts longer than this many tokens are cut at the left (None: keep whole)."""
-    max_completion_length: int = Field(256, ge=1)
-    """Most tokens sampled per completion."""
 
 
 class SampleConfig(Section):

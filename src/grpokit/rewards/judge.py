@@ -27,7 +27,6 @@ import os
 import random
 import re
 import string
-import threading
 import time
 import urllib.error
 import urllib.request

@@ -23,13 +23,10 @@ The trainer is algorithm-blind: it hands log-probs, advantages, masks and token 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from transformers import set_seed
@@ -43,17 +40,14 @@ from grpokit.algorithms import (
     step_end_tokens,
     token_weights,
 )
-from grpokit.batching import MicroBatch, plan_micro_batches, sorted_plan
 from grpokit.config import GRPOConfig, write_resolved
-from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
-from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
 from grpokit.models import save_model
-from grpokit.rewards import RewardBatch, resolve_reward, reward_metrics, score_completions
+from grpokit.rewards import RewardBatch, reward_metrics, score_completions
 from grpokit.rewards.process import resolve_process_reward, score_steps
-from grpokit.rollout import Rollout, SamplingParams, generate
+from grpokit.rollout import Rollout
 from grpokit.trainers.common import final_model, is_peft, resolve_model, write_summary
-from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.optim import build_optimizer, clip_and_step
+from grpokit.trainers.rollouts import RolloutTrainer
 
 
 @dataclass
@@ -69,7 +63,7 @@ class StepBatch:
     ref_logp: torch.Tensor | None  # (N, Tc) or None when beta == 0
 
 
-class GRPOTrainer(TrainingLoop):
+class GRPOTrainer(RolloutTrainer):
     """Train a causal LM with GRPO, with TRL's constructor and reward-function contract.
 
     ``model`` is a local model directory or a ``PreTrainedModel`` (then pass its tokenizer as
@@ -91,16 +85,9 @@ class GRPOTrainer(TrainingLoop):
     def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None):
         self.args = args = args or GRPOConfig()
-        if train_dataset is None:
-            raise ValueError("GRPOTrainer needs a train_dataset with a 'prompt' column")
-        self.rows = validate_prompt_rows(load_rows(train_dataset), "train_dataset")
-        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        self.reward_funcs = [resolve_reward(f) for f in funcs if f is not None]
+        self.init_rewards(reward_funcs, train_dataset, "GRPOTrainer")
         if not self.reward_funcs and args.process_reward is None:
             raise ValueError("GRPOTrainer needs at least one reward function (or args.process_reward)")
-        if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
-            raise ValueError(f"reward_weights has {len(args.reward_weights)} values but there are "
-                             f"{len(self.reward_funcs)} reward functions")
         self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
                                                                 peft_config)
         # the reference: none without KL; the base with adapters off under LoRA; else a copy
@@ -110,35 +97,14 @@ class GRPOTrainer(TrainingLoop):
                              "train without LoRA (under LoRA the reference is the adapter-free base)")
         self.process_reward = (resolve_process_reward(args.process_reward, self.device)
                                if args.process_reward else None)
-        self.columns = extra_columns(self.rows)
-        self.prompt_ids = [self._encode(r["prompt"]) for r in self.rows]
-        # rows carry their position so a sampled row finds its pre-tokenized prompt
-        self.stream = PromptStream([{**r, "_index": i} for i, r in enumerate(self.rows)], args.seed)
-        self.sampling = SamplingParams(args.max_completion_length, args.temperature,
-                                       args.top_p, args.top_k)
-        self.generator = torch.Generator(self.device).manual_seed(args.seed)
-        self.eos_token_id = self.tokenizer.eos_token_id  # where sampling stops
+        self.init_sampling()
         self.init_loop(callbacks)
-
-    def _frozen_copy(self):
-        ref = copy.deepcopy(self.model).eval()
-        ref.requires_grad_(False)
-        return ref
-
-    def _encode(self, prompt) -> list[int]:
-        ids = self.tokenizer(render_prompt(prompt, self.tokenizer), add_special_tokens=False)["input_ids"]
-        limit = self.args.max_prompt_length
-        return ids[-limit:] if limit else ids
 
     # ----------------------------------------------------------------- one step, as data
     def sample_and_score(self, rows: list[dict], timings: dict) -> StepBatch:
         """Sample G completions per row, score them, and compute advantages and weights."""
-        args, started = self.args, time.perf_counter()
-        prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
-        with self.autocast():
-            rollout = generate(self.model, prompt_ids, args.num_generations, self.sampling,
-                               self.eos_token_id, self.tokenizer.pad_token_id, self.generator)
-        timings["generate"] = time.perf_counter() - started
+        args = self.args
+        rollout = self.sample(rows, timings)
         started = time.perf_counter()
         texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         rewards = self.score(rows, rollout, texts) if self.reward_funcs else None
@@ -157,13 +123,6 @@ class GRPOTrainer(TrainingLoop):
         ref_logp = self.reference_logprobs(rollout) if args.beta > 0 else None
         timings["reference"] = time.perf_counter() - started
         return StepBatch(rollout, rewards, step_rewards, advantages, loss_mask, weights, ref_logp)
-
-    def reward_inputs(self, rows: list[dict], rollout: Rollout) -> dict:
-        """The keywords every reward (outcome or process) receives besides the completions."""
-        return dict(prompts=[r["prompt"] for r in rows], completion_ids=rollout.token_lists(),
-                    columns={c: [r.get(c) for r in rows] for c in self.columns},
-                    trainer_state=SimpleNamespace(global_step=self.step_index,
-                                                  max_steps=self.args.max_steps))
 
     def score(self, rows: list[dict], rollout: Rollout, texts: list[str]) -> RewardBatch:
         return score_completions(self.reward_funcs, completions=texts, weights=self.args.reward_weights,
@@ -185,54 +144,12 @@ class GRPOTrainer(TrainingLoop):
         """``k -> len(decode(ids[:k]))``: maps character positions to tokens for any tokenizer."""
         return lambda k: len(self.tokenizer.decode(ids[:k], skip_special_tokens=True))
 
-    def micro_batches(self, rollout: Rollout) -> list[MicroBatch]:
-        """The cheaper split of the step's completions (see ``grpokit.batching``)."""
-        lengths = rollout.completion_lengths()
-        size = self.args.micro_batch_size
-        if self.model.is_activation_checkpointing:  # HF drops the KV cache under checkpointing
-            return sorted_plan(lengths, rollout.prompt_mask.sum(1), rollout.group_size, size)[0]
-        return plan_micro_batches(lengths, rollout.prompt_mask.sum(1), rollout.group_size, size)
-
-    def _forward(self, model, rollout: Rollout, batch: MicroBatch, with_entropy: bool):
-        """Log-probs (and entropies) ``(n, w)`` of the batch's completions, ``w`` their longest.
-
-        Padding columns that no row of the micro-batch uses are trimmed first.
-        """
-        rows, group = batch.rows, rollout.group_size
-        width = int(rollout.completion_mask[rows].sum(1).max().clamp(min=1))
-        completion_ids = rollout.completion_ids[rows, :width].to(self.device)
-        completion_mask = rollout.completion_mask[rows, :width].to(self.device)
-        prompts = rows[::group] // group if batch.shared_prefix else rows // group
-        prompt_mask = rollout.prompt_mask[prompts]
-        first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # drop all-padding columns
-        prompt_ids = rollout.prompt_ids[prompts, first:].to(self.device)
-        prompt_mask = prompt_mask[:, first:].to(self.device)
-        forward = shared_prefix_logprobs if batch.shared_prefix else completion_logprobs
-        with self.autocast():
-            return forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                           self.args.temperature, with_entropy)
-
-    def autocast(self):
-        """bfloat16 autocast when ``args.bf16``; otherwise a no-op context."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
-
-    @torch.no_grad()
-    def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
-        """Reference log-probs ``(N, Tc)`` in one no-grad pass per micro-batch."""
-        ref = torch.zeros(rollout.completion_ids.shape)
-        adapters_off = self.model.disable_adapter() if self.ref_model is None else nullcontext()
-        with adapters_off:
-            for micro in self.micro_batches(rollout):
-                logp = self._forward(self.ref_model or self.model, rollout, micro, False)[0]
-                ref[micro.rows, : logp.shape[1]] = logp.float().cpu()
-        return ref
-
     def policy_pass(self, batch: StepBatch) -> dict:
         """One optimizer step on the whole batch; returns that pass's loss statistics and, under
         ``problem``, what was NaN/Inf when the update was skipped (else None)."""
         args, totals = self.args, {}
         for micro in self.micro_batches(batch.rollout):
-            logp, entropy = self._forward(self.model, batch.rollout, micro, with_entropy=True)
+            logp, entropy = self._logprobs(self.model, batch.rollout, micro, with_entropy=True)
             rows, width = micro.rows, logp.shape[1]
             take = lambda t: t[rows, :width].to(self.device)  # noqa: E731
             old = logp.detach() if args.num_iterations == 1 else take(batch.rollout.sampling_logp)
@@ -301,14 +218,6 @@ class GRPOTrainer(TrainingLoop):
         """The reference moves with iterative GRPO, so it is saved then (``reference/``)."""
         return {"reference": self.ref_model} if self.args.ref_model_sync_steps else {}
 
-    def generators(self) -> dict[str, torch.Generator]:
-        return {"sampling": self.generator}
-
-    def trainer_state(self) -> dict:
-        return {"stream": self.stream.state_dict()}
-
-    def load_trainer_state(self, state: dict) -> None:
-        self.stream.load_state_dict(state["stream"])
 
 
 def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel, set_seed
@@ -49,17 +47,15 @@ from grpokit.algorithms.gae import (
     ppo_policy_loss,
     value_loss,
 )
-from grpokit.batching import MicroBatch, plan_micro_batches, sorted_plan
+from grpokit.batching import MicroBatch
 from grpokit.config import PPOConfig, write_resolved
-from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
-from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
 from grpokit.models import check_model_dir, save_model
-from grpokit.rewards import RewardBatch, resolve_reward, reward_metrics, score_completions
-from grpokit.rollout import Rollout, SamplingParams, generate
+from grpokit.rewards import RewardBatch, reward_metrics, score_completions
+from grpokit.rollout import Rollout
 from grpokit.trainers.common import final_model, is_peft, resolve_model, write_summary
 from grpokit.trainers.grpo import summarize
-from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.optim import build_optimizer, clip_and_step
+from grpokit.trainers.rollouts import RolloutTrainer
 
 
 @dataclass
@@ -111,7 +107,7 @@ def completion_values(value_model: PreTrainedModel, prompt_ids: torch.Tensor,
     return values[:, -width - 1 : -1].float()  # (B, Tc)
 
 
-class PPOTrainer(TrainingLoop):
+class PPOTrainer(RolloutTrainer):
     """Train a causal LM with PPO and a value model; the constructor is ``GRPOTrainer``'s.
 
     ``model`` is a local model directory or a ``PreTrainedModel`` (then pass its tokenizer as
@@ -127,14 +123,7 @@ class PPOTrainer(TrainingLoop):
     def __init__(self, model, reward_funcs, args: PPOConfig | None = None, train_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None):
         self.args = args = args or PPOConfig()
-        if train_dataset is None:
-            raise ValueError("PPOTrainer needs a train_dataset with a 'prompt' column")
-        self.rows = validate_prompt_rows(load_rows(train_dataset), "train_dataset")
-        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        self.reward_funcs = [resolve_reward(f) for f in funcs]
-        if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
-            raise ValueError(f"reward_weights has {len(args.reward_weights)} values but there are "
-                             f"{len(self.reward_funcs)} reward functions")
+        self.init_rewards(reward_funcs, train_dataset, "PPOTrainer")
         # the value model copies the policy's backbone before LoRA (if any) wraps the policy; its
         # scalar head is drawn from the seeded torch RNG
         set_seed(args.seed)
@@ -146,24 +135,8 @@ class PPOTrainer(TrainingLoop):
             self.value_model.activation_checkpointing_enable({"use_reentrant": False})
         self.ref_model = (self._frozen_copy() if args.kl_coef > 0 and not is_peft(self.model)
                           else None)
-        self.columns = extra_columns(self.rows)
-        self.prompt_ids = [self._encode(r["prompt"]) for r in self.rows]
-        self.stream = PromptStream([{**r, "_index": i} for i, r in enumerate(self.rows)], args.seed)
-        self.sampling = SamplingParams(args.max_completion_length, args.temperature,
-                                       args.top_p, args.top_k)
-        self.generator = torch.Generator(self.device).manual_seed(args.seed)
-        self.eos_token_id = self.tokenizer.eos_token_id
+        self.init_sampling()
         self.init_loop(callbacks)
-
-    def _frozen_copy(self):
-        ref = copy.deepcopy(self.model).eval()
-        ref.requires_grad_(False)
-        return ref
-
-    def _encode(self, prompt) -> list[int]:
-        ids = self.tokenizer(render_prompt(prompt, self.tokenizer), add_special_tokens=False)["input_ids"]
-        limit = self.args.max_prompt_length
-        return ids[-limit:] if limit else ids
 
     @property
     def trained_models(self) -> torch.nn.ModuleList:
@@ -176,19 +149,11 @@ class PPOTrainer(TrainingLoop):
         self.optimizer, self.scheduler = build_optimizer(self.trained_models, self.args,
                                                          total_updates)
 
-    def autocast(self):
-        """bfloat16 autocast when ``args.bf16``; otherwise a no-op context."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
-
     # ----------------------------------------------------------------- one step, as data
     def sample_and_score(self, rows: list[dict], timings: dict) -> PPOBatch:
         """Sample, score, and compute KL-shaped rewards, values, advantages and returns."""
-        args, started = self.args, time.perf_counter()
-        prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
-        with self.autocast():
-            rollout = generate(self.model, prompt_ids, args.num_generations, self.sampling,
-                               self.eos_token_id, self.tokenizer.pad_token_id, self.generator)
-        timings["generate"] = time.perf_counter() - started
+        args = self.args
+        rollout = self.sample(rows, timings)
         started = time.perf_counter()
         rewards = self.score(rows, rollout)
         timings["score"] = time.perf_counter() - started
@@ -211,45 +176,8 @@ class PPOTrainer(TrainingLoop):
 
     def score(self, rows: list[dict], rollout: Rollout) -> RewardBatch:
         texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        return score_completions(
-            self.reward_funcs,
-            prompts=[r["prompt"] for r in rows],
-            completions=texts,
-            completion_ids=rollout.token_lists(),
-            columns={c: [r.get(c) for r in rows] for c in self.columns},
-            weights=self.args.reward_weights,
-            trainer_state=SimpleNamespace(global_step=self.step_index, max_steps=self.args.max_steps),
-        )
-
-    def micro_batches(self, rollout: Rollout) -> list[MicroBatch]:
-        """The cheaper split of the step's completions (see ``grpokit.batching``)."""
-        lengths, prompts = rollout.completion_lengths(), rollout.prompt_mask.sum(1)
-        size = self.args.micro_batch_size
-        if self.model.is_activation_checkpointing:  # HF drops the KV cache under checkpointing
-            return sorted_plan(lengths, prompts, rollout.group_size, size)[0]
-        return plan_micro_batches(lengths, prompts, rollout.group_size, size)
-
-    def _inputs(self, rollout: Rollout, batch: MicroBatch):
-        """The micro-batch's prompt and completion tensors on the device, padding trimmed.
-
-        Prompts are one per group when ``batch.shared_prefix``, else one per row.
-        """
-        rows, group = batch.rows, rollout.group_size
-        width = int(rollout.completion_mask[rows].sum(1).max().clamp(min=1))
-        prompts = rows[::group] // group if batch.shared_prefix else rows // group
-        prompt_mask = rollout.prompt_mask[prompts]
-        first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # drop all-padding columns
-        on_device = lambda t: t.to(self.device)  # noqa: E731
-        return (on_device(rollout.prompt_ids[prompts, first:]), on_device(prompt_mask[:, first:]),
-                on_device(rollout.completion_ids[rows, :width]),
-                on_device(rollout.completion_mask[rows, :width]))
-
-    def _logprobs(self, model, rollout: Rollout, batch: MicroBatch, with_entropy: bool):
-        """Policy (or reference) log-probs and entropies ``(n, w)`` of the batch's completions."""
-        forward = shared_prefix_logprobs if batch.shared_prefix else completion_logprobs
-        with self.autocast():
-            return forward(model, *self._inputs(rollout, batch), self.args.temperature,
-                           with_entropy)
+        return score_completions(self.reward_funcs, completions=texts, weights=self.args.reward_weights,
+                                 **self.reward_inputs(rows, rollout))
 
     def _values(self, rollout: Rollout, batch: MicroBatch) -> torch.Tensor:
         """V(s_t) ``(n, w)`` of the batch's completions (each row runs with its own prompt)."""
@@ -260,17 +188,6 @@ class PPOTrainer(TrainingLoop):
         with self.autocast():
             return completion_values(self.value_model, prompt_ids, prompt_mask, completion_ids,
                                      completion_mask)
-
-    @torch.no_grad()
-    def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
-        """Reference log-probs ``(N, Tc)`` in one no-grad pass per micro-batch."""
-        ref = torch.zeros(rollout.completion_ids.shape)
-        adapters_off = self.model.disable_adapter() if self.ref_model is None else nullcontext()
-        with adapters_off:
-            for micro in self.micro_batches(rollout):
-                logp = self._logprobs(self.ref_model or self.model, rollout, micro, False)[0]
-                ref[micro.rows, : logp.shape[1]] = logp.float().cpu()
-        return ref
 
     @torch.no_grad()
     def rollout_values(self, rollout: Rollout) -> torch.Tensor:
@@ -354,15 +271,6 @@ class PPOTrainer(TrainingLoop):
 
     def checkpoint_models(self) -> dict:
         return {"value_model": self.value_model}
-
-    def generators(self) -> dict[str, torch.Generator]:
-        return {"sampling": self.generator}
-
-    def trainer_state(self) -> dict:
-        return {"stream": self.stream.state_dict()}
-
-    def load_trainer_state(self, state: dict) -> None:
-        self.stream.load_state_dict(state["stream"])
 
     def save(self, policy_dir: Path, value_dir: Path) -> None:
         """Save the policy, then the value model (``value_dir`` may lie inside ``policy_dir``)."""

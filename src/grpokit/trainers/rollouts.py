@@ -1,0 +1,134 @@
+"""What every trainer that learns from its own samples shares (GRPO, PPO): the prompts, the
+sampler, the reward inputs, the micro-batch plan, and log-prob forwards of the policy and its
+reference.
+
+A subclass sets ``args`` (with ``prompts_per_step``, ``num_generations``, ``max_steps``,
+``micro_batch_size``, ``temperature``, ``top_p``, ``top_k``, ``max_prompt_length``,
+``max_completion_length``, ``reward_weights``, ``seed``, ``bf16``), calls
+:meth:`RolloutTrainer.init_rewards` and :meth:`RolloutTrainer.init_sampling`, and keeps
+``model``, ``tokenizer``, ``device`` and ``ref_model`` (None under LoRA, where the reference
+is the base with adapters disabled, or when no KL term is used).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+
+from grpokit.batching import MicroBatch, plan_micro_batches, sorted_plan
+from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
+from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
+from grpokit.rewards import resolve_reward
+from grpokit.rollout import Rollout, SamplingParams, generate
+from grpokit.trainers.loop import TrainingLoop
+
+
+class RolloutTrainer(TrainingLoop):
+    """Sampling, reward inputs and log-prob forwards shared by GRPO and PPO."""
+
+    def init_rewards(self, reward_funcs, train_dataset, name: str) -> None:
+        """Validated rows, resolved reward functions and a checked ``reward_weights``."""
+        if train_dataset is None:
+            raise ValueError(f"{name} needs a train_dataset with a 'prompt' column")
+        self.rows = validate_prompt_rows(load_rows(train_dataset), "train_dataset")
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        self.reward_funcs = [resolve_reward(f) for f in funcs if f is not None]
+        weights = self.args.reward_weights
+        if weights is not None and len(weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(weights)} values but there are "
+                             f"{len(self.reward_funcs)} reward functions")
+
+    def init_sampling(self) -> None:
+        """Pre-tokenized prompts, the resumable prompt stream and the sampler's settings."""
+        args = self.args
+        self.columns = extra_columns(self.rows)
+        self.prompt_ids = [self._encode(r["prompt"]) for r in self.rows]
+        # rows carry their position so a sampled row finds its pre-tokenized prompt
+        self.stream = PromptStream([{**r, "_index": i} for i, r in enumerate(self.rows)], args.seed)
+        self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p, args.top_k)
+        self.generator = torch.Generator(self.device).manual_seed(args.seed)
+        self.eos_token_id = self.tokenizer.eos_token_id  # where sampling stops
+
+    def _frozen_copy(self):
+        ref = copy.deepcopy(self.model).eval()
+        ref.requires_grad_(False)
+        return ref
+
+    def _encode(self, prompt) -> list[int]:
+        ids = self.tokenizer(render_prompt(prompt, self.tokenizer), add_special_tokens=False)["input_ids"]
+        limit = self.args.max_prompt_length
+        return ids[-limit:] if limit else ids
+
+    def autocast(self):
+        """bfloat16 autocast when ``args.bf16``; otherwise a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
+
+    def sample(self, rows: list[dict], timings: dict) -> Rollout:
+        """``num_generations`` completions for each row, each prompt encoded once."""
+        started = time.perf_counter()
+        prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
+        with self.autocast():
+            rollout = generate(self.model, prompt_ids, self.args.num_generations, self.sampling,
+                               self.eos_token_id, self.tokenizer.pad_token_id, self.generator)
+        timings["generate"] = time.perf_counter() - started
+        return rollout
+
+    def reward_inputs(self, rows: list[dict], rollout: Rollout) -> dict:
+        """The keywords every reward receives besides the completions."""
+        return dict(prompts=[r["prompt"] for r in rows], completion_ids=rollout.token_lists(),
+                    columns={c: [r.get(c) for r in rows] for c in self.columns},
+                    trainer_state=SimpleNamespace(global_step=self.step_index,
+                                                  max_steps=self.args.max_steps))
+
+    def micro_batches(self, rollout: Rollout) -> list[MicroBatch]:
+        """The cheaper split of the step's completions (see ``grpokit.batching``)."""
+        lengths, prompts = rollout.completion_lengths(), rollout.prompt_mask.sum(1)
+        size = self.args.micro_batch_size
+        if self.model.is_activation_checkpointing:  # HF drops the KV cache under checkpointing
+            return sorted_plan(lengths, prompts, rollout.group_size, size)[0]
+        return plan_micro_batches(lengths, prompts, rollout.group_size, size)
+
+    def _inputs(self, rollout: Rollout, batch: MicroBatch):
+        """The micro-batch's prompt and completion tensors on the device, padding trimmed.
+
+        Prompts are one per group when ``batch.shared_prefix``, else one per row.
+        """
+        rows, group = batch.rows, rollout.group_size
+        width = int(rollout.completion_mask[rows].sum(1).max().clamp(min=1))
+        prompts = rows[::group] // group if batch.shared_prefix else rows // group
+        prompt_mask = rollout.prompt_mask[prompts]
+        first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # drop all-padding columns
+        on_device = lambda t: t.to(self.device)  # noqa: E731
+        return (on_device(rollout.prompt_ids[prompts, first:]), on_device(prompt_mask[:, first:]),
+                on_device(rollout.completion_ids[rows, :width]),
+                on_device(rollout.completion_mask[rows, :width]))
+
+    def _logprobs(self, model, rollout: Rollout, batch: MicroBatch, with_entropy: bool):
+        """Log-probs (and entropies) ``(n, w)`` of the batch's completions, ``w`` their longest."""
+        forward = shared_prefix_logprobs if batch.shared_prefix else completion_logprobs
+        with self.autocast():
+            return forward(model, *self._inputs(rollout, batch), self.args.temperature, with_entropy)
+
+    @torch.no_grad()
+    def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """Reference log-probs ``(N, Tc)`` in one no-grad pass per micro-batch."""
+        ref = torch.zeros(rollout.completion_ids.shape)
+        adapters_off = self.model.disable_adapter() if self.ref_model is None else nullcontext()
+        with adapters_off:
+            for micro in self.micro_batches(rollout):
+                logp = self._logprobs(self.ref_model or self.model, rollout, micro, False)[0]
+                ref[micro.rows, : logp.shape[1]] = logp.float().cpu()
+        return ref
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"sampling": self.generator}
+
+    def trainer_state(self) -> dict:
+        return {"stream": self.stream.state_dict()}
+
+    def load_trainer_state(self, state: dict) -> None:
+        self.stream.load_state_dict(state["stream"])
