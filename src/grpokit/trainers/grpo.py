@@ -170,22 +170,16 @@ class GRPOTrainer(RolloutTrainer):
             self.model, self.optimizer, self.scheduler, args.max_grad_norm, totals["loss"])
         return totals
 
-    def step(self) -> dict[str, float]:
-        """Sample, score and learn from one batch of ``prompts_per_step`` prompts."""
-        timings, started = {}, time.perf_counter()
-        rows = self.stream.next_batch(self.args.prompts_per_step)
-        batch = self.sample_and_score(rows, timings)
-        train_started = time.perf_counter()
+    def updates(self, batch: StepBatch) -> list[dict]:
+        """μ = ``num_iterations`` optimizer steps on the batch; then the iterative-GRPO reference sync."""
         passes = [self.policy_pass(batch) for _ in range(self.args.num_iterations)]
-        timings["train"] = time.perf_counter() - train_started
-        timings["step"] = time.perf_counter() - started
-        self.step_index += 1
-        if self.args.ref_model_sync_steps and self.step_index % self.args.ref_model_sync_steps == 0:
+        if self.args.ref_model_sync_steps and (self.step_index + 1) % self.args.ref_model_sync_steps == 0:
             self.sync_reference()
-        metrics = step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
-                               self.args.num_generations)
-        problem = next((p["problem"] for p in passes if p["problem"]), None)
-        return self.end_step(batch, metrics, problem)
+        return passes
+
+    def batch_metrics(self, batch: StepBatch, passes: list[dict], timings: dict) -> dict[str, float]:
+        return step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
+                            self.args.num_generations)
 
     @torch.no_grad()
     def sync_reference(self) -> None:

@@ -232,20 +232,13 @@ class PPOTrainer(RolloutTrainer):
             self.trained_models, self.optimizer, self.scheduler, args.max_grad_norm, totals["loss"])
         return totals
 
-    def step(self) -> dict[str, float]:
-        """Sample, score and learn from one batch of ``prompts_per_step`` prompts."""
-        timings, started = {}, time.perf_counter()
-        rows = self.stream.next_batch(self.args.prompts_per_step)
-        batch = self.sample_and_score(rows, timings)
-        train_started = time.perf_counter()
-        passes = [self.ppo_pass(batch) for _ in range(self.args.num_ppo_epochs)]
-        timings["train"] = time.perf_counter() - train_started
-        timings["step"] = time.perf_counter() - started
-        self.step_index += 1
-        metrics = ppo_step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
-                                   self.args.kl_coef)
-        problem = next((p["problem"] for p in passes if p["problem"]), None)
-        return self.end_step(batch, metrics, problem)
+    def updates(self, batch: PPOBatch) -> list[dict]:
+        """``num_ppo_epochs`` optimizer steps on the batch."""
+        return [self.ppo_pass(batch) for _ in range(self.args.num_ppo_epochs)]
+
+    def batch_metrics(self, batch: PPOBatch, passes: list[dict], timings: dict) -> dict[str, float]:
+        return ppo_step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
+                                self.args.kl_coef)
 
     # ----------------------------------------------------------------- the loop
     def train(self, show_progress: bool = True, resume_from_checkpoint: bool | str | None = None) -> dict:
