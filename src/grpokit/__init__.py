@@ -5,8 +5,11 @@
 4
 """
 
-from grpokit.config import EvalConfig, GRPOConfig, RunConfig, SFTConfig
+from grpokit.config import EvalConfig, GRPOConfig, PPOConfig, RewardModelConfig, RunConfig, SFTConfig
 from grpokit.trainers.grpo import GRPOTrainer
+from grpokit.trainers.ppo import PPOTrainer
+from grpokit.trainers.reward_model import RewardModelTrainer
 from grpokit.trainers.sft import SFTTrainer
 
-__all__ = ["EvalConfig", "GRPOConfig", "GRPOTrainer", "RunConfig", "SFTConfig", "SFTTrainer"]
+__all__ = ["EvalConfig", "GRPOConfig", "GRPOTrainer", "PPOConfig", "PPOTrainer", "RewardModelConfig",
+           "RewardModelTrainer", "RunConfig", "SFTConfig", "SFTTrainer"]
