@@ -65,6 +65,11 @@ def demo_batch(tok):
     return examples, collate(examples, tok.pad_token_id)
 
 
+def mean_nll(model, batch):
+    total, count = completion_nll(model, batch)
+    return total / count
+
+
 def manual_completion_nll(model, examples):
     """Mean over completion tokens of -log p(token | prefix), each row run alone, unpadded."""
     total, count = 0.0, 0
@@ -81,7 +86,7 @@ def manual_completion_nll(model, examples):
 def test_completion_nll_is_the_mean_nll_over_completion_tokens(varied_model, char_tokenizer):
     examples, batch = demo_batch(char_tokenizer)
     with torch.no_grad():
-        loss = completion_nll(varied_model, batch).item()
+        loss = mean_nll(varied_model, batch).item()
     expected, count = manual_completion_nll(varied_model, examples)
     assert count == 5 + 7 + 2  # completion tokens + EOS of each row
     assert loss == pytest.approx(expected, abs=1e-4)
@@ -90,7 +95,7 @@ def test_completion_nll_is_the_mean_nll_over_completion_tokens(varied_model, cha
     everything = dict(batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0,
                                                                    -100))
     with torch.no_grad():
-        assert abs(completion_nll(varied_model, everything).item() - loss) > 1e-2
+        assert abs(mean_nll(varied_model, everything).item() - loss) > 1e-2
 
 
 def test_completion_nll_gets_no_gradient_from_prompt_positions(varied_model, char_tokenizer):
@@ -105,7 +110,7 @@ def test_completion_nll_gets_no_gradient_from_prompt_positions(varied_model, cha
 
     handle = varied_model.get_output_embeddings().register_forward_hook(keep_logits)
     try:
-        completion_nll(varied_model, batch).backward()
+        mean_nll(varied_model, batch).backward()
     finally:
         handle.remove()
         varied_model.zero_grad(set_to_none=True)
@@ -125,12 +130,12 @@ def test_completion_nll_ignores_what_the_prompt_labels_were(varied_model, char_t
     ids_b, labels_b = encode_demonstration("sum a4b8:", "<answer>11</answer>", tok, 100)
     assert labels_a == labels_b and ids_a != ids_b
     with torch.no_grad():
-        loss_a = completion_nll(varied_model, collate([(ids_a, labels_a)], tok.pad_token_id))
-        loss_b = completion_nll(varied_model, collate([(ids_b, labels_b)], tok.pad_token_id))
+        loss_a = mean_nll(varied_model, collate([(ids_a, labels_a)], tok.pad_token_id))
+        loss_b = mean_nll(varied_model, collate([(ids_b, labels_b)], tok.pad_token_id))
         # same ids, the prompt's labels turned into arbitrary ignored values
         relabelled = collate([(ids_a, labels_a)], tok.pad_token_id)
         relabelled["labels"][0, 0] = 7  # position 0 is never a target (nothing predicts it)
-        loss_c = completion_nll(varied_model, relabelled)
+        loss_c = mean_nll(varied_model, relabelled)
     assert loss_c.item() == loss_a.item()
     assert loss_a.item() != pytest.approx(loss_b.item(), abs=1e-6)  # context matters
 

@@ -129,9 +129,11 @@ def resolve_resume(resume_from_checkpoint: bool | str | Path | None, output_dir:
 
 
 def write_checkpoint(output_dir: str | Path, step: int, model, tokenizer, trainer_state: dict[str, Any],
-                     extra_models: dict[str, Any] | None = None, keep_last: int | None = None) -> Path:
+                     extra_models: dict[str, Any] | None = None, keep_last: int | None = None,
+                     weights: dict[str, Any] | None = None) -> Path:
     """Write ``output_dir/checkpoint-<step>`` atomically; keep only the newest ``keep_last`` up to
     ``step`` (later ones belong to an earlier run in the same directory and are left alone).
+    ``weights``: the model's full state dict when the model is sharded (FSDP2).
 
     An existing ``checkpoint-<step>`` is replaced only once the new one is complete.
     """
@@ -139,7 +141,7 @@ def write_checkpoint(output_dir: str | Path, step: int, model, tokenizer, traine
     target = out / f"{PREFIX}{step}"
     tmp = out / f"{target.name}.tmp-{os.getpid()}"
     try:
-        _write(tmp, step, model, tokenizer, trainer_state, extra_models or {})
+        _write(tmp, step, model, tokenizer, trainer_state, extra_models or {}, weights)
         _move_into_place(tmp, target)
     except Exception as error:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -151,12 +153,15 @@ def write_checkpoint(output_dir: str | Path, step: int, model, tokenizer, traine
     return target
 
 
-def _write(tmp: Path, step: int, model, tokenizer, trainer_state: dict, extra_models: dict) -> None:
+def _write(tmp: Path, step: int, model, tokenizer, trainer_state: dict, extra_models: dict,
+           weights: dict | None) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
-    for directory, each in [(tmp, model), *((tmp / name, m) for name, m in extra_models.items())]:
-        each.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
+    model.save_pretrained(tmp, state_dict=weights)
+    tokenizer.save_pretrained(tmp)
+    for name, each in extra_models.items():
+        each.save_pretrained(tmp / name)
+        tokenizer.save_pretrained(tmp / name)
     _test_pause(step)
     torch.save(trainer_state, tmp / STATE_FILE)
     for path in sorted(tmp.rglob("*"), reverse=True):  # files, then their directories
@@ -218,18 +223,25 @@ def _test_pause(step: int) -> None:
 
 
 def load_checkpoint(path: str | Path, model, optimizer, scheduler,
-                    extra_models: dict[str, Any] | None = None) -> dict[str, Any]:
+                    extra_models: dict[str, Any] | None = None, engine=None) -> dict[str, Any]:
     """Load the weights, optimizer and scheduler of a checkpoint in place; return its trainer
-    state (``step``, ``rng``, ``history`` and the trainer's own entries)."""
+    state (``step``, ``rng``, ``history`` and the trainer's own entries). ``engine``
+    (``grpokit.engines.Engine``) loads into a sharded model and optimizer."""
     path = Path(path)
     if not (path / MARKER).is_file():
         raise CheckpointError(f"{str(path)!r} is not a complete checkpoint (no {MARKER} marker)")
     state = torch.load(path / STATE_FILE, weights_only=True)
     try:
-        load_weights(model, path)
+        if engine is not None and engine.sharded:
+            engine.load_full_state_dict(read_weights(path))
+        else:
+            load_weights(model, path)
         for name, each in (extra_models or {}).items():
             load_weights(each, path / name)
-        optimizer.load_state_dict(state["optimizer"])
+        if engine is not None:
+            engine.load_optimizer_state(optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit this trainer (was it written with "
@@ -250,10 +262,7 @@ def load_weights(model, directory: str | Path) -> None:
             raise CheckpointError(f"{directory}: adapter weights {result.unexpected_keys[:5]} do not fit "
                                   f"the model")
         return
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{directory} holds no .safetensors weights")
-    state = {key: value for file in files for key, value in load_file(file).items()}
+    state = read_weights(directory)
     result = model.load_state_dict(state, strict=False)
     own = model.state_dict()
     loaded = {tensor.data_ptr() for name, tensor in own.items() if name in state}
@@ -261,6 +270,14 @@ def load_weights(model, directory: str | Path) -> None:
     if untied or result.unexpected_keys:
         raise CheckpointError(f"{directory}: weights do not fit the model (missing {untied[:5]}, "
                               f"unexpected {result.unexpected_keys[:5]})")
+
+
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a ``save_pretrained`` directory's safetensors files."""
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{directory} holds no .safetensors weights")
+    return {key: value for file in files for key, value in load_file(file).items()}
 
 
 # --------------------------------------------------------------------------------------- RNG

@@ -4,16 +4,20 @@ YAML config plus dotted overrides, and the report of a run."""
 from __future__ import annotations
 
 import functools
+import os
+import signal
 from pathlib import Path
 
 import datasets
 import typer
+from torch.distributed import DistError
 from transformers.utils import logging as hf_logging
 
 from grpokit.checkpoint import CheckpointError
 from grpokit.config import ConfigError, RunConfig, load_config
 from grpokit.data import DatasetError
 from grpokit.demo import run_demo
+from grpokit.distributed import Terminated, launched, main_first, raise_on_sigterm, ranks, setup, shutdown
 from grpokit.models import ModelLoadError
 from grpokit.pipeline import StageStopped, run_pipeline
 from grpokit.rewards import RewardFunctionError
@@ -42,18 +46,62 @@ USER_ERRORS = (ConfigError, DatasetError, ModelLoadError, RewardFunctionError, C
                NonFiniteError, StageStopped, JudgeError)
 
 
-def command(name: str | None = None):
-    """``app.command`` whose known errors end the process with their message (exit code 2)."""
+def command(name: str | None = None, distributed: bool = False):
+    """``app.command`` whose known errors end the process with their message (exit code 2).
+
+    Only ``distributed`` commands may run as several processes under torchrun; the others
+    refuse. Under torchrun each message names its rank.
+    """
     def register(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
+            where = f"rank {os.environ.get('RANK', '?')}: " if launched() else ""
             try:
+                if launched():
+                    raise_on_sigterm()
+                if launched() and not distributed:
+                    raise ConfigError(f"grpokit {name or fn.__name__} runs on one process; launch it "
+                                      f"without torchrun (distributed: sft, train, pipeline)")
                 return fn(*args, **kwargs)
             except USER_ERRORS as error:
-                typer.secho(f"{type(error).__name__}: {error}", fg="red", err=True)
+                typer.secho(f"{where}{type(error).__name__}: {error}", fg="red", err=True)
                 raise typer.Exit(2) from None
+            except Terminated:
+                typer.secho(f"{where}stopped: torchrun ends every process when one fails (its report "
+                            f"names the first failure). Start the same command again with --resume to "
+                            f"continue from the latest checkpoint.", fg="red", err=True)
+                raise typer.Exit(3) from None
+            except (DistError, RuntimeError) as error:
+                if not (launched() and lost_contact(error)):
+                    raise
+                typer.secho(f"{where}lost contact with the other processes (one of them died, or a "
+                            f"collective waited longer than distributed_timeout): {error}. Start the same "
+                            f"command again with --resume to continue from the latest checkpoint.",
+                            fg="red", err=True)
+                raise typer.Exit(3) from None
+            finally:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                shutdown()
         return app.command(name)(run)
     return register
+
+
+def lost_contact(error: Exception) -> bool:
+    """Whether ``error`` says a collective failed: a dead or silent peer, or a timeout.
+
+    >>> lost_contact(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"))
+    True
+    >>> lost_contact(RuntimeError("shape mismatch"))
+    False
+    """
+    return isinstance(error, DistError) or any(
+        word in str(error) for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out"))
+
+
+def echo(message: str) -> None:
+    """Print a result line (rank 0 only under torchrun)."""
+    if ranks().is_main:
+        typer.echo(message)
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
@@ -71,22 +119,24 @@ def demo(
     run_demo(output_dir, overrides or [], show_progress=progress)
 
 
-@command()
+@command(distributed=True)
 def sft(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt,
         resume: bool = ResumeOpt) -> None:
-    """Supervised fine-tuning (stage 1) with the `sft` section."""
+    """Supervised fine-tuning (stage 1) with the `sft` section (torchrun: several processes)."""
     cfg = _load(config, overrides)
-    model_dir = run_sft(cfg, base_model(cfg, cfg.sft.output_dir), progress, resume)
-    typer.echo(f"model: {model_dir}")
+    setup(cfg.sft.distributed_timeout)
+    model_dir = run_sft(cfg, main_first(lambda: base_model(cfg, cfg.sft.output_dir)), progress, resume)
+    echo(f"model: {model_dir}")
 
 
-@command()
+@command(distributed=True)
 def train(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt,
           resume: bool = ResumeOpt) -> None:
-    """GRPO with the `grpo` section and the `rewards` list."""
+    """GRPO with the `grpo` section and the `rewards` list (torchrun: several processes)."""
     cfg = _load(config, overrides)
-    model_dir = run_grpo(cfg, base_model(cfg, cfg.grpo.output_dir), progress, resume)
-    typer.echo(f"model: {model_dir}")
+    setup(cfg.grpo.distributed_timeout)
+    model_dir = run_grpo(cfg, main_first(lambda: base_model(cfg, cfg.grpo.output_dir)), progress, resume)
+    echo(f"model: {model_dir}")
 
 
 @command()
@@ -115,7 +165,7 @@ def rm(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: 
     typer.echo(f"reward model: {model_dir}")
 
 
-@command()
+@command(distributed=True)
 def pipeline(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt,
              resume: bool = ResumeOpt) -> None:
     """Run the `pipeline.stages` in order; finished stages are skipped when started again, and
@@ -125,6 +175,8 @@ def pipeline(config: Path = ConfigArg, overrides: list[str] = OverridesArg, prog
 
     cfg = _load(config, overrides)
     summary = run_pipeline(cfg, progress, resume=resume)
+    if not ranks().is_main:
+        return
     Console().print(results_table(summary["stages"]))
     typer.echo(f"summary: {Path(cfg.pipeline.output_dir) / 'summary.json'}")
 

@@ -280,6 +280,14 @@ class OptimConfig(Section):
     completion with its own prompt instead of sharing the prompt across the group)."""
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     """Sink settings, completions log, periodic evaluation and alerts."""
+    distributed: Literal["ddp", "fsdp2"] = "ddp"
+    """Under torchrun with several processes: 'ddp' keeps a whole model on every rank and
+    all-reduces gradients; 'fsdp2' shards weights, gradients and optimizer state over the ranks
+    (torch's fully_shard per decoder layer) for models that do not fit one device. Ignored on
+    one process. See docs/DISTRIBUTED.md."""
+    distributed_timeout: float = Field(600.0, gt=0)
+    """Seconds a collective may wait for the other ranks (e.g. one that died) before this rank
+    stops with an error."""
 
 
 class SFTConfig(OptimConfig):

@@ -165,3 +165,27 @@ def shared_prefix_logprobs(
         hidden = torch.cat([hidden, completion_hidden], 1)  # (N, Tc, H)
     return head_logprobs(model.get_output_embeddings(), hidden, completion_ids, temperature,
                          with_entropy)
+
+
+def model_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Like :func:`completion_logprobs`, through the model's own forward and LM head (logits of
+    the completion positions only, ``logits_to_keep``).
+
+    For sharded (FSDP2) models, whose weights are whole only inside their own forward; it holds
+    a ``(B, Tc, V)`` logits tensor that the other two never do.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], 1)  # (B, Tp + Tc)
+    attention_mask = torch.cat([prompt_mask, completion_mask], 1)  # (B, Tp + Tc)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (B, Tp + Tc)
+    width = completion_ids.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False, logits_to_keep=width + 1).logits[:, :-1]  # (B, Tc, V)
+    return token_logprobs(logits, completion_ids, temperature, with_entropy)

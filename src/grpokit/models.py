@@ -23,6 +23,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from grpokit.distributed import local_device
+
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 REASONING_TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 CHARACTERS = string.digits + string.ascii_letters + string.punctuation + " \n"
@@ -37,9 +39,10 @@ class ModelLoadError(ValueError):
 
 
 def pick_device(preference: str = "auto") -> torch.device:
-    """CUDA when present (or asked for), else CPU."""
+    """CUDA when present (or asked for), else CPU; under torchrun 'auto' is the process's own
+    GPU (``cuda:LOCAL_RANK``)."""
     if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return local_device()
     return torch.device(preference)
 
 
@@ -123,8 +126,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
-    """Write ``model`` and ``tokenizer`` as a ``save_pretrained`` directory, atomically.
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path,
+               state_dict: dict | None = None) -> Path:
+    """Write ``model`` (or ``state_dict`` as its weights) and ``tokenizer`` as a
+    ``save_pretrained`` directory, atomically.
 
     The files go to a sibling temporary directory that is renamed into place at the end, so a
     crash never leaves a half-written checkpoint under ``path``.
@@ -133,7 +138,7 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if path.exists():
         shutil.rmtree(path)

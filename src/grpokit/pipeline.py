@@ -7,19 +7,28 @@ finishes, ``pipeline_state.json`` records its output and held-out evaluation, so
 pipeline again skips it. With ``resume`` an unfinished training stage continues from its latest
 checkpoint instead of starting over. Policy stages are evaluated on the held-out problems; with
 ``score_with`` a trained reward model also scores each evaluated stage's held-out samples.
+
+Under torchrun the SFT and GRPO stages run on every process; rank 0 runs the other stages
+(rejection sampling, reward model, PPO) and the evaluations alone, and writes the state and
+summary, while the other ranks wait for the state file to record the stage.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
 from grpokit.config import RunConfig, StageSpec, validate
+from grpokit.distributed import local_only, main_first, ranks, setup
 from grpokit.stages import base_model, resume_point, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
 
 POLICY_STAGES = ("sft", "grpo", "ppo")
+DISTRIBUTED_STAGES = ("sft", "grpo")  # run on every process under torchrun
+WAIT_POLL_SECONDS = 2.0
 
 
 class StageStopped(RuntimeError):
@@ -111,33 +120,62 @@ def run_pipeline(cfg: RunConfig, show_progress: bool = True, announce: Callable[
     """Run every stage not yet finished; return (and write) the summary of all stages. With
     ``resume`` an unfinished stage continues from its latest checkpoint, if it has one."""
     check_stages(cfg.pipeline.stages)
+    setup(max(cfg.sft.distributed_timeout, cfg.grpo.distributed_timeout))  # under torchrun
+    main = ranks().is_main
+    announce = announce if main else (lambda message: None)
     out = Path(cfg.pipeline.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state, base = load_state(out), base_model(cfg, out)
+    base = main_first(lambda: base_model(cfg, out))
+    state = load_state(out)
     policy, total = base, len(cfg.pipeline.stages)
     for number, spec in enumerate(cfg.pipeline.stages, 1):
         if spec.name in state:
             announce(f"stage {number}/{total} {spec.name} ({spec.type}): finished before, skipped")
-        else:
+        elif main or spec.type in DISTRIBUTED_STAGES:
             checkpoint = resume_point(out / spec.name, resume)
             announce(f"stage {number}/{total} {spec.name} ({spec.type})"
                      + (f": resuming from {checkpoint.name}" if checkpoint else ""))
-            outputs = {name: done["output"] for name, done in state.items()}
-            stage_cfg = stage_config(cfg, spec, outputs, out / spec.name)
             init = {"previous": policy, "base": base}.get(spec.init) or Path(state[spec.init]["output"])
-            runner = RUNNERS[spec.type][0]
-            result = runner(stage_cfg, init, show_progress, resume)
-            halt_if_stopped(out / spec.name, spec.name)
-            evaluation = None
-            if spec.type in POLICY_STAGES and spec.evaluate:
-                evaluation = run_eval(stage_cfg, result, out / f"eval-{spec.name}", show_progress)
-            state[spec.name] = {"type": spec.type, "output": str(result), "eval": evaluation}
-            save_state(out, state)
+            finished = run_stage(cfg, spec, state, init, out, show_progress, resume)
+            state = finished if main else wait_for_stage(out, spec.name)
+        else:
+            state = wait_for_stage(out, spec.name)
         if spec.type in POLICY_STAGES:
             policy = Path(state[spec.name]["output"])
-    if cfg.pipeline.score_with:
-        score_evaluations(cfg, out, state)
-    return write_pipeline_summary(out, cfg, state)
+    if not main:
+        return {"stage": "pipeline", "stages": []}
+    with local_only():
+        if cfg.pipeline.score_with:
+            score_evaluations(cfg, out, state)
+        return write_pipeline_summary(out, cfg, state)
+
+
+def run_stage(cfg: RunConfig, spec: StageSpec, state: dict[str, dict], init: Path, out: Path,
+              show_progress: bool, resume: bool) -> dict[str, dict]:
+    """Train (or sample) one stage, evaluate it, and record it in the state (rank 0 only);
+    return the new state."""
+    outputs = {name: done["output"] for name, done in state.items()}
+    stage_cfg = stage_config(cfg, spec, outputs, out / spec.name)
+    with nullcontext() if spec.type in DISTRIBUTED_STAGES else local_only():
+        result = RUNNERS[spec.type][0](stage_cfg, init, show_progress, resume)
+    if not ranks().is_main:
+        return state
+    halt_if_stopped(out / spec.name, spec.name)
+    evaluation = None
+    if spec.type in POLICY_STAGES and spec.evaluate:
+        with local_only():
+            evaluation = run_eval(stage_cfg, result, out / f"eval-{spec.name}", show_progress)
+    state = {**state, spec.name: {"type": spec.type, "output": str(result), "eval": evaluation}}
+    save_state(out, state)
+    return state
+
+
+def wait_for_stage(out: Path, name: str) -> dict[str, dict]:
+    """On ranks other than 0: wait until rank 0 records stage ``name`` as finished (if rank 0
+    fails instead, torchrun stops this process); return the state."""
+    while name not in (state := load_state(out)):
+        time.sleep(WAIT_POLL_SECONDS)
+    return state
 
 
 def halt_if_stopped(stage_dir: Path, name: str) -> None:

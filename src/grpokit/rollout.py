@@ -6,6 +6,12 @@ preallocated for prompt + completion, so a decode step writes one position inste
 the whole cache (``torch.cat``), which is what makes long prompts cheap. Rows that emitted EOS
 stop: once a quarter of the live rows have finished, they are dropped from the cache
 (``batch_select_indices``), so a long tail of unfinished rows costs only their own compute.
+
+The randomness is drawn up front: one uniform number per completion row and decode position,
+``(N, max_new_tokens)``. Row i's tokens therefore depend only on its own row of that table,
+never on which other rows share the batch or when they finish, which is what lets several
+processes split one batch and sample exactly what a single process would (each draws the
+table of the global batch and uses its own rows).
 """
 
 from __future__ import annotations
@@ -134,25 +140,26 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of ``probs`` (N, V) by inverting the CDF with a single uniform draw.
+def sample_categorical(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs`` (N, V) by inverting its CDF at ``uniforms`` (N,) in [0, 1).
 
     Same distribution as ``torch.multinomial(probs, 1)``, at a fraction of its cost on CPU for
     large vocabularies (one cumulative sum and a binary search instead of per-row setup).
 
-    >>> sample_categorical(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])).tolist()
-    [1, 2]
+    >>> sample_categorical(torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]), torch.tensor([0.7, 0.4])).tolist()
+    [1, 1]
     """
     cdf = probs.cumsum(-1)  # (N, V)
-    draw = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)  # (N, 1)
+    draw = uniforms.to(probs.device, probs.dtype)[:, None]  # (N, 1)
     tokens = torch.searchsorted(cdf, draw * cdf[:, -1:], right=True).squeeze(1)  # (N,)
     return tokens.clamp_(max=probs.shape[1] - 1)
 
 
 def pick_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample (or argmax) one token per row; return ``(tokens, log-probs)``, both ``(N,)``.
+    """Sample (or argmax) one token per row, row i at ``uniforms[i]``; return ``(tokens,
+    log-probs)``, both ``(N,)``.
 
     The log-prob is taken under the tempered, unfiltered distribution: the same quantity the
     trainer's forward pass computes, so it can serve as the "old" log-prob.
@@ -163,9 +170,9 @@ def pick_tokens(
         tokens = logits.argmax(-1)  # (N,)
     elif params.top_k or params.top_p < 1.0:
         tokens = sample_categorical(filter_logits(tempered, params.top_k, params.top_p).softmax(-1),
-                                    generator)
+                                    uniforms)
     else:
-        tokens = sample_categorical((tempered - log_total).exp_(), generator)
+        tokens = sample_categorical((tempered - log_total).exp_(), uniforms)
     logp = tempered.gather(-1, tokens[:, None]) - log_total  # (N, 1)
     return tokens, logp.squeeze(1)
 
@@ -179,18 +186,41 @@ def generate(
     eos_token_id: int,
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
+    keep_decoding=None,
 ) -> Rollout:
-    """Sample ``group_size`` completions for each prompt (token lists, unpadded)."""
+    """Sample ``group_size`` completions for each prompt (token lists, unpadded).
+
+    ``uniforms`` ``(P·G, max_new_tokens)`` are the random numbers to sample with; by default
+    they are drawn from ``generator``. ``keep_decoding(done: bool) -> bool``, when given, is told
+    after every decode position whether this call's rows are all done and answers whether to go
+    on: processes whose models take part in collectives (FSDP) decode in lockstep this way.
+    """
+    if uniforms is None:
+        rows = len(prompt_ids) * group_size
+        uniforms = (random_table(rows, params.max_new_tokens, generator) if params.temperature > 0
+                    else torch.zeros((rows, params.max_new_tokens)))
     was_training = model.training
     model.eval()
     try:
         return _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id,
-                         generator)
+                         uniforms, keep_decoding)
     finally:
         model.train(was_training)
 
 
-def _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id, generator):
+def random_table(rows: int, positions: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``(rows, positions)`` uniforms on the CPU, drawn on the generator's device.
+
+    >>> random_table(2, 3, torch.Generator().manual_seed(0)).shape
+    torch.Size([2, 3])
+    """
+    device = generator.device if generator is not None else "cpu"
+    return torch.rand((rows, positions), generator=generator, device=device).cpu()
+
+
+def _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id, uniforms,
+              keep_decoding):
     device = next(model.parameters()).device
     p_ids, p_mask = left_pad(prompt_ids, pad_token_id)
     cache = preallocated_cache(model, p_ids.shape[1] + params.max_new_tokens)
@@ -206,7 +236,7 @@ def _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id,
     cache.batch_repeat_interleave(group_size)
     decoded = _decode(model, out.logits[:, -1].float().repeat_interleave(group_size, 0), cache,
                       p_mask.repeat_interleave(group_size, 0).to(device), params,
-                      eos_token_id, generator)
+                      eos_token_id, uniforms, keep_decoding)
     tokens, logps, lengths, truncated = decoded
     completion_mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]  # (N, Tc)
     return Rollout(
@@ -220,7 +250,7 @@ def _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id,
     )
 
 
-def _decode(model, logits, cache, prompt_mask, params, eos_token_id, generator):
+def _decode(model, logits, cache, prompt_mask, params, eos_token_id, uniforms, keep_decoding):
     """Token-by-token decoding with compaction of finished rows; returns CPU tensors."""
     n, max_new = logits.shape[0], params.max_new_tokens
     tokens = torch.zeros((n, max_new), dtype=torch.long)
@@ -232,7 +262,7 @@ def _decode(model, logits, cache, prompt_mask, params, eos_token_id, generator):
     positions = prompt_mask.sum(1)  # (n,) position id of the next token
     finished = torch.zeros(n, dtype=torch.bool)
     for t in range(max_new):
-        step_tokens, step_logp = pick_tokens(logits, params, generator)
+        step_tokens, step_logp = pick_tokens(logits, params, uniforms[live, t])
         step_tokens, step_logp = step_tokens.cpu(), step_logp.cpu()
         active = ~finished[live]
         tokens[live[active], t] = step_tokens[active]
@@ -240,10 +270,15 @@ def _decode(model, logits, cache, prompt_mask, params, eos_token_id, generator):
         newly_done = active & (step_tokens == eos_token_id)
         lengths[live[newly_done]] = t + 1
         finished[live[newly_done]] = True
-        if t == max_new - 1 or finished.all():
+        done = bool(finished.all())
+        if keep_decoding is not None and t < max_new - 1:
+            done = not keep_decoding(done)  # done only when every process is
+        if t == max_new - 1 or done:
             break
         if (~finished[live]).sum() <= 0.75 * len(live):
             keep = (~finished[live]).nonzero().squeeze(1)
+            if keep.numel() == 0:  # done, decoding on for the other processes: keep one row
+                keep = torch.zeros(1, dtype=torch.long)
             cache.batch_select_indices(keep.to(mask.device))
             live, mask, positions = live[keep], mask[keep.to(mask.device)], positions[keep.to(mask.device)]
             step_tokens = step_tokens[keep]

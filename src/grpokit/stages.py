@@ -1,7 +1,8 @@
 """Each stage of a run as a function of the run config: base model, SFT, GRPO, PPO, rejection
 sampling, reward-model training, evaluation.
 
-The training stages take ``resume``: continue from the latest complete checkpoint in the stage's
+SFT and GRPO run on every process under torchrun (rank 0 writes the files); the other stages
+run on one. The training stages take ``resume``: continue from the latest complete checkpoint in the stage's
 output directory (exactly; see ``grpokit.checkpoint``), or start afresh when there is none."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from grpokit.checkpoint import latest_valid_checkpoint
 from grpokit.config import MonitorConfig, RunConfig, write_resolved
 from grpokit.data import load_rows, to_prompt_rows, validate_prompt_rows
+from grpokit.distributed import ranks
 from grpokit.evaluation import evaluate
 from grpokit.models import check_model_dir, create_embedded_default, load_model, load_tokenizer, pick_device
 from grpokit.monitoring.callbacks import monitor_callbacks
@@ -67,7 +69,8 @@ def resume_point(output_dir: str | Path, resume: bool) -> Path | None:
 
 def run_sft(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:
     """Fine-tune ``model_dir`` on demonstrations; returns the trained model's directory."""
-    write_resolved(cfg, cfg.sft.output_dir, RUN_CONFIG)
+    if ranks().is_main:
+        write_resolved(cfg, cfg.sft.output_dir, RUN_CONFIG)
     trainer = SFTTrainer(model=str(model_dir), args=cfg.sft, train_dataset=train_rows(cfg, True))
     return Path(trainer.train(show_progress, resume_point(cfg.sft.output_dir, resume))["model_dir"])
 
@@ -79,7 +82,8 @@ def callbacks(cfg: RunConfig, monitor: MonitorConfig) -> list:
 
 def run_grpo(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:
     """GRPO on ``model_dir`` with the configured rewards; returns the trained model's directory."""
-    write_resolved(cfg, cfg.grpo.output_dir, RUN_CONFIG)
+    if ranks().is_main:
+        write_resolved(cfg, cfg.grpo.output_dir, RUN_CONFIG)
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=cfg.rewards, args=cfg.grpo,
                           train_dataset=train_rows(cfg, False), callbacks=callbacks(cfg, cfg.grpo.monitor))
     return Path(trainer.train(show_progress, resume_point(cfg.grpo.output_dir, resume))["model_dir"])

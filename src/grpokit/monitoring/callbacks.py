@@ -15,6 +15,7 @@ from rich import get_console
 from grpokit.checkpoint import CheckpointError
 from grpokit.config import EvalConfig, MonitorConfig
 from grpokit.data import DatasetError, validate_prompt_rows
+from grpokit.distributed import gather_lists, ranks
 from grpokit.evaluation import evaluate
 from grpokit.monitoring.alerts import Alert, StepRecord, build_rules
 from grpokit.monitoring.completions_log import (
@@ -68,6 +69,8 @@ class CompletionsLog:
         self.every, self.count, self.file = every, count, RunFile("completions.jsonl")
 
     def on_step_end(self, trainer, step: int, batch, metrics: dict) -> None:
+        if not ranks().is_main:  # under torchrun rank 0 logs its own completions
+            return
         self.file.attach(trainer.args.output_dir, step)
         if step % self.every:
             return
@@ -102,7 +105,8 @@ class AlertMonitor:
     def on_step_end(self, trainer, step: int, batch, metrics: dict) -> None:
         self.file.attach(trainer.args.output_dir, step)
         scored = getattr(batch, "rewards", None)  # GRPO and PPO batches; None for SFT's
-        rewards = tuple(scored.total.tolist()) if scored is not None else ()
+        # every rank's rewards, so that under torchrun all ranks decide alike
+        rewards = tuple(gather_lists(scored.total.tolist())) if scored is not None else ()
         record = StepRecord(step, dict(metrics), rewards)
         fired = []
         for rule, action in self.rules:
@@ -131,12 +135,14 @@ class AlertMonitor:
         return last is not None and step - last <= self.cooldown
 
     def report(self, alert: Alert, action: str, metrics: dict) -> None:
+        metrics[f"alerts/{alert.rule}"] = 1.0
+        if not ranks().is_main:  # rank 0 tells
+            return
         entry = {**alert.to_json(), "action": action}
         style = "bold red" if action != "warn" else "bold yellow"
         get_console().print(f"[{style}]alert[/] {alert.rule} at step {alert.step}: {alert.message} "
                             f"(action: {action})", highlight=False)
         self.file.append(entry)
-        metrics[f"alerts/{alert.rule}"] = 1.0
         line = f"**{alert.rule}** (step {alert.step}, {action}): {alert.message}"
         metrics["text/alerts"] = "\n\n".join(filter(None, [metrics.get("text/alerts"), line]))
         if self.webhook_url:
@@ -164,8 +170,9 @@ class AlertMonitor:
         for rule in rules:
             rule.reset()
             self.last_fired.pop(rule.name, None)
-        get_console().print(f"rolled back to step {restored}; learning rate x{self.lr_factor}",
-                            highlight=False)
+        if ranks().is_main:
+            get_console().print(f"rolled back to step {restored}; learning rate x{self.lr_factor}",
+                                highlight=False)
         return None
 
 

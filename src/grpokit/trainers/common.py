@@ -13,6 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpokit.config import OptimConfig
+from grpokit.distributed import setup
 from grpokit.models import load_model, load_tokenizer, pick_device
 
 
@@ -26,7 +27,9 @@ def resolve_model(
 
     With ``args.use_lora`` (or a ``peft_config``, as in TRL) the model is wrapped with LoRA
     adapters; with ``args.gradient_checkpointing`` activations are recomputed in backward.
+    Under torchrun this process first joins the process group (``grpokit.distributed``).
     """
+    setup(args.distributed_timeout)
     device = pick_device(args.device)
     if isinstance(model, (str, Path)):
         tokenizer = tokenizer or load_tokenizer(model)

@@ -15,7 +15,9 @@ One step (what ``max_steps`` counts):
    then call each callback's ``on_step_end(trainer, step, batch, metrics)``.
 
 Checkpoints, exact resume, skipped non-finite updates, ``request_stop`` and ``rollback`` come
-from ``grpokit.trainers.loop.TrainingLoop``.
+from ``grpokit.trainers.loop.TrainingLoop``. Under torchrun each rank samples and scores its
+share of the prompts, the loss weights come from the global batch's completion lengths, and the
+step's metrics are reduced over ranks (``grpokit.distributed``).
 
 The trainer is algorithm-blind: it hands log-probs, advantages, masks and token weights to
 ``grpokit.algorithms.policy_loss``; ``loss_type`` only picks the token weights by name.
@@ -40,12 +42,13 @@ from grpokit.algorithms import (
     step_end_tokens,
     token_weights,
 )
-from grpokit.config import GRPOConfig, write_resolved
-from grpokit.models import save_model
+from grpokit.config import GRPOConfig
+from grpokit.distributed import gather_rows, reduce_metrics, sum_across
+from grpokit.engines import shard
 from grpokit.rewards import RewardBatch, reward_metrics, score_completions
 from grpokit.rewards.process import resolve_process_reward, score_steps
 from grpokit.rollout import Rollout
-from grpokit.trainers.common import final_model, is_peft, resolve_model, write_summary
+from grpokit.trainers.common import is_peft, resolve_model
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 from grpokit.trainers.rollouts import RolloutTrainer
 
@@ -97,8 +100,19 @@ class GRPOTrainer(RolloutTrainer):
                              "train without LoRA (under LoRA the reference is the adapter-free base)")
         self.process_reward = (resolve_process_reward(args.process_reward, self.device)
                                if args.process_reward else None)
-        self.init_sampling()
         self.init_loop(callbacks)
+        if self.engine.sharded:
+            self.check_shardable()
+            if self.ref_model is not None:
+                shard(self.ref_model)
+        self.init_sampling()
+
+    def check_shardable(self) -> None:
+        if is_peft(self.model):
+            raise ValueError("distributed: fsdp2 does not train LoRA adapters here; LoRA models fit "
+                             "one device, so use distributed: ddp")
+        if self.args.ref_model_sync_steps:
+            raise ValueError("distributed: fsdp2 does not support ref_model_sync_steps; use ddp")
 
     # ----------------------------------------------------------------- one step, as data
     def sample_and_score(self, rows: list[dict], timings: dict) -> StepBatch:
@@ -108,8 +122,7 @@ class GRPOTrainer(RolloutTrainer):
         started = time.perf_counter()
         texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         rewards = self.score(rows, rollout, texts) if self.reward_funcs else None
-        advantages = (group_advantages(rewards.total, args.num_generations, args.scale_rewards)
-                      if rewards is not None else None)  # (N,)
+        advantages = self.outcome_advantages(rewards.total) if rewards is not None else None  # (N,)
         step_rewards = None
         if self.process_reward is not None:
             step_rewards, process = self.score_process(rows, rollout, texts)  # (N, Tc)
@@ -118,11 +131,32 @@ class GRPOTrainer(RolloutTrainer):
         loss_mask = rollout.completion_mask.float()  # (N, Tc)
         if args.mask_truncated_completions:
             loss_mask = loss_mask * (~rollout.truncated).float()[:, None]
-        weights = token_weights(loss_mask, args.loss_type, args.max_completion_length)
+        weights = self.loss_weights(loss_mask)
         started = time.perf_counter()
         ref_logp = self.reference_logprobs(rollout) if args.beta > 0 else None
         timings["reference"] = time.perf_counter() - started
         return StepBatch(rollout, rewards, step_rewards, advantages, loss_mask, weights, ref_logp)
+
+    def outcome_advantages(self, total: torch.Tensor) -> torch.Tensor:
+        """Group-relative advantages ``(N,)`` of this rank's rows; under torchrun computed over
+        the global batch, so ``scale_rewards: batch`` uses every rank's rewards."""
+        args, first = self.args, self.ranks.row_offset(total.shape[0])
+        everything = gather_rows(total)  # (global N,)
+        advantages = group_advantages(everything, args.num_generations, args.scale_rewards)
+        return advantages[first : first + total.shape[0]]
+
+    def loss_weights(self, loss_mask: torch.Tensor) -> torch.Tensor:
+        """Per-token loss weights ``(N, Tc)`` of this rank's rows, normalised over the global
+        batch: under torchrun from every rank's loss-mask lengths (masks are a prefix of ones)."""
+        args = self.args
+        if not self.ranks.enabled:
+            return token_weights(loss_mask, args.loss_type, args.max_completion_length)
+        lengths = gather_rows(loss_mask.sum(1).long())  # (global N,)
+        width = max(int(lengths.max()), loss_mask.shape[1])
+        mask = (torch.arange(width)[None, :] < lengths[:, None]).float()  # (global N, width)
+        first = self.ranks.row_offset(loss_mask.shape[0])
+        weights = token_weights(mask, args.loss_type, args.max_completion_length)
+        return weights[first : first + loss_mask.shape[0], : loss_mask.shape[1]]
 
     def score(self, rows: list[dict], rollout: Rollout, texts: list[str]) -> RewardBatch:
         return score_completions(self.reward_funcs, completions=texts, weights=self.args.reward_weights,
@@ -148,27 +182,35 @@ class GRPOTrainer(RolloutTrainer):
         """One optimizer step on the whole batch; returns that pass's loss statistics and, under
         ``problem``, what was NaN/Inf when the update was skipped (else None)."""
         args, totals = self.args, {}
-        for micro in self.micro_batches(batch.rollout):
-            logp, entropy = self._logprobs(self.model, batch.rollout, micro, with_entropy=True)
-            rows, width = micro.rows, logp.shape[1]
-            take = lambda t: t[rows, :width].to(self.device)  # noqa: E731
-            old = logp.detach() if args.num_iterations == 1 else take(batch.rollout.sampling_logp)
-            ref = take(batch.ref_logp) if batch.ref_logp is not None else None
-            mask = take(batch.loss_mask)
-            advantages = (take(batch.advantages) if batch.advantages.dim() == 2
-                          else batch.advantages[rows].to(self.device))  # (n, w) or (n,)
-            inputs = PolicyLossInputs(logp, old, advantages, mask, take(batch.weights), ref)
-            loss, stats = policy_loss(inputs, epsilon_low=args.epsilon,
-                                      epsilon_high=args.epsilon_high or args.epsilon,
-                                      beta=args.beta,
-                                      importance_sampling_level=args.importance_sampling_level)
-            loss.backward()
-            stats = {**stats, "loss": loss.detach(), "entropy_sum": (entropy.detach() * mask).sum()}
+        plan = self.micro_batches(batch.rollout)
+        for index, micro in enumerate(plan):
+            with self.engine.micro_batch(last=index == len(plan) - 1):
+                stats = self.micro_batch_pass(batch, micro)
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
+        totals = sum_across(totals)  # this rank's shares of the global loss and token sums
         totals["grad_norm"], totals["problem"] = clip_and_step(
             self.model, self.optimizer, self.scheduler, args.max_grad_norm, totals["loss"])
         return totals
+
+    def micro_batch_pass(self, batch: StepBatch, micro) -> dict:
+        """Forward and backward of one micro-batch; its loss statistics (sums)."""
+        args = self.args
+        logp, entropy = self._logprobs(self.model, batch.rollout, micro, with_entropy=True, training=True)
+        rows, width = micro.rows, logp.shape[1]
+        take = lambda t: t[rows, :width].to(self.device)  # noqa: E731
+        old = logp.detach() if args.num_iterations == 1 else take(batch.rollout.sampling_logp)
+        ref = take(batch.ref_logp) if batch.ref_logp is not None else None
+        mask = take(batch.loss_mask)
+        advantages = (take(batch.advantages) if batch.advantages.dim() == 2
+                      else batch.advantages[rows].to(self.device))  # (n, w) or (n,)
+        inputs = PolicyLossInputs(logp, old, advantages, mask, take(batch.weights), ref)
+        loss, stats = policy_loss(inputs, epsilon_low=args.epsilon,
+                                  epsilon_high=args.epsilon_high or args.epsilon,
+                                  beta=args.beta,
+                                  importance_sampling_level=args.importance_sampling_level)
+        (loss * self.ranks.grad_scale).backward()
+        return {**stats, "loss": loss.detach(), "entropy_sum": (entropy.detach() * mask).sum()}
 
     def updates(self, batch: StepBatch) -> list[dict]:
         """μ = ``num_iterations`` optimizer steps on the batch; then the iterative-GRPO reference sync."""
@@ -178,8 +220,8 @@ class GRPOTrainer(RolloutTrainer):
         return passes
 
     def batch_metrics(self, batch: StepBatch, passes: list[dict], timings: dict) -> dict[str, float]:
-        return step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
-                            self.args.num_generations)
+        return reduce_metrics(step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
+                                           self.args.num_generations))
 
     @torch.no_grad()
     def sync_reference(self) -> None:
@@ -192,17 +234,16 @@ class GRPOTrainer(RolloutTrainer):
     def train(self, show_progress: bool = True, resume_from_checkpoint: bool | str | None = None) -> dict:
         """Train for ``max_steps``; ``resume_from_checkpoint`` (True: the latest checkpoint in
         ``output_dir``, or a checkpoint path) continues an interrupted run exactly."""
-        args, out = self.args, Path(self.args.output_dir)
-        write_resolved(args, out)
+        args = self.args
+        self.write_run_files()
         set_seed(args.seed)  # python, numpy and torch: reward functions may draw too
         self.optimizer, self.scheduler = build_optimizer(self.model, args,
                                                          args.max_steps * args.num_iterations)
         self.model.train()
         seconds = self.run_loop("GRPO", show_progress, resume_from_checkpoint)
-        self.model = final_model(self.model)
-        save_model(self.model, self.tokenizer, out / "model")
-        summary = {**summarize(self.history, seconds, out / "model"), **self.loop_summary()}
-        write_summary(out, summary)
+        model_dir = self.save_final_model(self.output_dir / "model")
+        summary = {**summarize(self.history, seconds, model_dir), **self.loop_summary()}
+        self.write_run_files(summary)
         return summary
 
     def status(self, metrics: dict[str, float]) -> str:

@@ -17,6 +17,10 @@ Callbacks are objects with an optional ``on_step_end(trainer, step, batch, metri
 add to ``metrics`` are logged, and they may call :meth:`~TrainingLoop.request_stop` or
 :meth:`~TrainingLoop.rollback`. A callback with ``state_dict()`` / ``load_state_dict(state)``
 has that state saved in checkpoints (tensors, numbers, strings, lists and dicts only).
+
+Under torchrun every rank runs this loop in step: ``engine`` (``grpokit.engines``) is the
+model's DDP/FSDP2 wrapping, checkpoints are gathered to and written by rank 0 (the others wait),
+every rank resumes from them, and metrics are written by rank 0 only.
 """
 
 from __future__ import annotations
@@ -39,7 +43,12 @@ from grpokit.checkpoint import (
     truncate_jsonl,
     write_checkpoint,
 )
+from grpokit.distributed import any_across, barrier, ranks
+from grpokit.engines import Engine
+from grpokit.config import write_resolved
+from grpokit.models import save_model
 from grpokit.monitoring import MetricsWriter, progress_bar
+from grpokit.trainers.common import final_model, write_summary
 from grpokit.trainers.optim import scale_learning_rate
 
 logger = logging.getLogger("grpokit")
@@ -89,12 +98,28 @@ class NonFiniteSteps:
         self.skipped, self.streak = state["skipped"], [list(s) for s in state["streak"]]
 
 
+class SilentWriter:
+    """The metrics writer of ranks other than 0: they write nothing."""
+
+    def write(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class TrainingLoop:
     """Steps, metrics, checkpoints, resume, non-finite steps, stop requests and rollbacks."""
 
     stage = "train"  # names the run in messages and the progress bar
+    distributable = True  # whether it can run as several processes under torchrun
 
     def init_loop(self, callbacks=None) -> None:
+        self.ranks = ranks()
+        if self.ranks.enabled and not self.distributable:
+            raise ValueError(f"{self.stage} trains on one process; launch it without torchrun "
+                             f"(this run has {self.ranks.world_size} processes)")
+        self.engine = Engine(self.model, self.ranks, self.args.distributed)
         self.callbacks = list(callbacks or [])
         self.step_index = 0
         self.history: list[dict[str, float]] = []  # every step's numeric metrics
@@ -141,11 +166,11 @@ class TrainingLoop:
             logger.warning("%s holds checkpoints of an earlier run (%s); this run starts afresh and replaces "
                            "them as it reaches their steps (resume_from_checkpoint=True or --resume "
                            "continues that run instead)", self.output_dir, ", ".join(p.name for p in earlier))
-        self.writer = MetricsWriter.from_args(self.args, resume=checkpoint is not None)
+        self.writer = self.open_writer(resume=checkpoint is not None)
         started = time.perf_counter()
         try:
-            with progress_bar(title, disable=not show_progress) as bar:
-                if checkpoint is not None:
+            with progress_bar(title, disable=not show_progress or not self.ranks.is_main) as bar:
+                if checkpoint is not None and self.ranks.is_main:
                     bar.console.print(f"resumed {self.stage} from {checkpoint} (step {self.step_index})",
                                       soft_wrap=True, highlight=False)
                 task = bar.add_task(self.stage, total=self.args.max_steps, completed=self.step_index,
@@ -162,6 +187,9 @@ class TrainingLoop:
         if self.stop_reason is not None:
             self.save_checkpoint()
         return time.perf_counter() - started
+
+    def open_writer(self, resume: bool):
+        return MetricsWriter.from_args(self.args, resume) if self.ranks.is_main else SilentWriter()
 
     def end_step(self, batch, metrics: dict[str, float], problem: str | None) -> dict[str, float]:
         """Count a skipped (non-finite) update, then run the callbacks; return the metrics."""
@@ -185,6 +213,25 @@ class TrainingLoop:
         if self.args.save_steps and self.step_index % self.args.save_steps == 0:
             self.save_checkpoint()
 
+    def save_final_model(self, directory: Path) -> Path:
+        """Merge LoRA adapters, then write the model (rank 0; under FSDP2 gathered from every
+        rank) as a ``save_pretrained`` directory."""
+        self.model = final_model(self.model)
+        weights = self.engine.full_state_dict()
+        if self.ranks.is_main:
+            save_model(self.model, self.tokenizer, directory, weights)
+        barrier()
+        return directory
+
+    def write_run_files(self, summary: dict | None = None) -> None:
+        """The resolved config (at the start) or summary.json (at the end), by rank 0."""
+        if not self.ranks.is_main:
+            return
+        if summary is None:
+            write_resolved(self.args, self.output_dir)
+        else:
+            write_summary(self.output_dir, summary)
+
     def loop_summary(self) -> dict:
         """What summary.json gets from the loop: a stop request, rollbacks, skipped steps."""
         summary = {}
@@ -207,19 +254,24 @@ class TrainingLoop:
             logger.warning("%s step %d: the weights hold NaN/Inf; no checkpoint saved", self.stage,
                            self.step_index)
             return None
-        write_checkpoint(self.output_dir, self.step_index, self.model, self.tokenizer,
-                         self.checkpoint_state(), self.checkpoint_models(), self.args.save_total_limit)
+        weights, state = self.engine.full_state_dict(), self.checkpoint_state()  # collectives
+        if self.ranks.is_main:
+            write_checkpoint(self.output_dir, self.step_index, self.model, self.tokenizer, state,
+                             self.checkpoint_models(), self.args.save_total_limit, weights)
+        barrier()  # the checkpoint exists for every rank from here on
         self._saved_step = self.step_index
         return path
 
     def weights_finite(self) -> bool:
+        """No NaN/Inf in any weight (of any rank's shard)."""
         models = [self.model, *self.checkpoint_models().values()]
-        return all(bool(torch.isfinite(p).all()) for model in models for p in model.parameters())
+        local = all(bool(torch.isfinite(_local(p)).all()) for model in models for p in model.parameters())
+        return not any_across(not local)
 
     def checkpoint_state(self) -> dict:
         return {
             "step": self.step_index, "history": self.history,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": self.engine.optimizer_state(self.optimizer), "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(self.generators()), "trainer": self.trainer_state(),
             "nonfinite": self.nonfinite.state_dict(), "lr_scale": self.lr_scale,
             "rollbacks": self.rollbacks,
@@ -230,7 +282,7 @@ class TrainingLoop:
         """Continue from ``checkpoint`` exactly: weights, optimizer, schedule, RNG, data position,
         counters and history; metrics.jsonl is cut back to its step."""
         state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
-                                self.checkpoint_models())
+                                self.checkpoint_models(), self.engine)
         self.step_index, self.history = state["step"], state["history"]
         self.nonfinite.load_state_dict(state["nonfinite"])
         self.lr_scale, self.rollbacks = state["lr_scale"], state["rollbacks"]
@@ -239,7 +291,8 @@ class TrainingLoop:
             if saved is not None and hasattr(callback, "load_state_dict"):
                 callback.load_state_dict(saved)
         restore_rng_state(state["rng"], self.generators())
-        truncate_jsonl(self.output_dir / "metrics.jsonl", self.step_index)
+        if self.ranks.is_main:
+            truncate_jsonl(self.output_dir / "metrics.jsonl", self.step_index)
         self._saved_step = self.step_index
 
     # ---------------------------------------------------------------- control API
@@ -272,7 +325,7 @@ class TrainingLoop:
         scale_learning_rate(self.optimizer, self.scheduler, scale / self.lr_scale)
         self.lr_scale = scale
         self.rollbacks = [*rollbacks, {"step": from_step, "to_step": self.step_index, "lr_factor": lr_factor}]
-        self.writer = MetricsWriter.from_args(self.args, resume=True)
+        self.writer = self.open_writer(resume=True)
         self._rolled_back = True
         logger.warning("%s: rolled back from step %d to %s, learning rate x%g", self.stage, from_step,
                        checkpoint, lr_factor)
@@ -292,3 +345,8 @@ class TrainingLoop:
             f"steps in a row (max_consecutive_nonfinite={self.args.max_consecutive_nonfinite}): "
             f"{self.nonfinite.describe()}; {kept}. Lower the learning rate or check the data and "
             f"rewards, then resume (--resume)")
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor's own part on this rank (a sharded DTensor's local shard)."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor

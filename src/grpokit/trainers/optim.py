@@ -40,7 +40,8 @@ def clip_and_step(model, optimizer, scheduler, max_grad_norm: float,
     """
     params = [p for p in model.parameters() if p.requires_grad]
     limit = max_grad_norm if max_grad_norm > 0 else float("inf")
-    norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: a DTensor
     problem = nonfinite_problem(loss, norm)
     if problem is None:
         optimizer.step()

@@ -119,6 +119,7 @@ class PPOTrainer(RolloutTrainer):
     """
 
     stage = "ppo"
+    distributable = False  # a baseline for comparison: one process
 
     def __init__(self, model, reward_funcs, args: PPOConfig | None = None, train_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None):
@@ -135,8 +136,8 @@ class PPOTrainer(RolloutTrainer):
             self.value_model.activation_checkpointing_enable({"use_reentrant": False})
         self.ref_model = (self._frozen_copy() if args.kl_coef > 0 and not is_peft(self.model)
                           else None)
-        self.init_sampling()
         self.init_loop(callbacks)
+        self.init_sampling()
 
     @property
     def trained_models(self) -> torch.nn.ModuleList:

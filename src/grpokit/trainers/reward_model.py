@@ -153,6 +153,7 @@ class RewardModelTrainer(TrainingLoop):
     """
 
     stage = "rm"
+    distributable = False
 
     def __init__(self, model, args: RewardModelConfig, train_dataset, eval_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None):

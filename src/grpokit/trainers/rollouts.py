@@ -8,6 +8,10 @@ A subclass sets ``args`` (with ``prompts_per_step``, ``num_generations``, ``max_
 :meth:`RolloutTrainer.init_rewards` and :meth:`RolloutTrainer.init_sampling`, and keeps
 ``model``, ``tokenizer``, ``device`` and ``ref_model`` (None under LoRA, where the reference
 is the base with adapters disabled, or when no KL term is used).
+
+Under torchrun, ``prompts_per_step`` is the global number of prompts: every rank draws the same
+global batch and samples its own share, with the global batch's random numbers (so the samples
+do not depend on the number of ranks).
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ import torch
 
 from grpokit.batching import MicroBatch, plan_micro_batches, sorted_plan
 from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
-from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
+from grpokit.logprobs import completion_logprobs, model_logprobs, shared_prefix_logprobs
 from grpokit.rewards import resolve_reward
-from grpokit.rollout import Rollout, SamplingParams, generate
+from grpokit.rollout import Rollout, SamplingParams, generate, random_table
 from grpokit.trainers.loop import TrainingLoop
 
 
@@ -44,7 +48,10 @@ class RolloutTrainer(TrainingLoop):
 
     def init_sampling(self) -> None:
         """Pre-tokenized prompts, the resumable prompt stream and the sampler's settings."""
-        args = self.args
+        args, world = self.args, self.ranks.world_size
+        if args.prompts_per_step % world:
+            raise ValueError(f"prompts_per_step ({args.prompts_per_step}) is the global number of prompts "
+                             f"per step and must be a multiple of the number of processes ({world})")
         self.columns = extra_columns(self.rows)
         self.prompt_ids = [self._encode(r["prompt"]) for r in self.rows]
         # rows carry their position so a sampled row finds its pre-tokenized prompt
@@ -68,12 +75,18 @@ class RolloutTrainer(TrainingLoop):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
 
     def sample(self, rows: list[dict], timings: dict) -> Rollout:
-        """``num_generations`` completions for each row, each prompt encoded once."""
+        """``num_generations`` completions for each of this rank's rows, each prompt encoded
+        once, with this rank's rows of the global batch's random numbers."""
         started = time.perf_counter()
         prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
+        group = self.args.num_generations
+        table = random_table(self.args.prompts_per_step * group, self.sampling.max_new_tokens,
+                             self.generator)  # (global P·G, max new tokens)
+        first = self.ranks.row_offset(len(rows) * group)
         with self.autocast():
-            rollout = generate(self.model, prompt_ids, self.args.num_generations, self.sampling,
-                               self.eos_token_id, self.tokenizer.pad_token_id, self.generator)
+            rollout = generate(self.model, prompt_ids, group, self.sampling, self.eos_token_id,
+                               self.tokenizer.pad_token_id, uniforms=table[first : first + len(rows) * group],
+                               keep_decoding=self.engine.keep_decoding())
         timings["generate"] = time.perf_counter() - started
         return rollout
 
@@ -88,7 +101,8 @@ class RolloutTrainer(TrainingLoop):
         """The cheaper split of the step's completions (see ``grpokit.batching``)."""
         lengths, prompts = rollout.completion_lengths(), rollout.prompt_mask.sum(1)
         size = self.args.micro_batch_size
-        if self.model.is_activation_checkpointing:  # HF drops the KV cache under checkpointing
+        # HF drops the KV cache under checkpointing; FSDP2 ranks must run equally many forwards
+        if self.model.is_activation_checkpointing or self.engine.sharded:
             return sorted_plan(lengths, prompts, rollout.group_size, size)[0]
         return plan_micro_batches(lengths, prompts, rollout.group_size, size)
 
@@ -107,11 +121,17 @@ class RolloutTrainer(TrainingLoop):
                 on_device(rollout.completion_ids[rows, :width]),
                 on_device(rollout.completion_mask[rows, :width]))
 
-    def _logprobs(self, model, rollout: Rollout, batch: MicroBatch, with_entropy: bool):
-        """Log-probs (and entropies) ``(n, w)`` of the batch's completions, ``w`` their longest."""
-        forward = shared_prefix_logprobs if batch.shared_prefix else completion_logprobs
+    def _logprobs(self, model, rollout: Rollout, batch: MicroBatch, with_entropy: bool,
+                  training: bool = False):
+        """Log-probs (and entropies) ``(n, w)`` of the batch's completions, ``w`` their longest;
+        ``training``: the policy's forward with gradients, through the engine (DDP/FSDP2)."""
+        if self.engine.sharded:
+            forward = model_logprobs
+        else:
+            forward = shared_prefix_logprobs if batch.shared_prefix else completion_logprobs
+        inputs = (*self._inputs(rollout, batch), self.args.temperature, with_entropy)
         with self.autocast():
-            return forward(model, *self._inputs(rollout, batch), self.args.temperature, with_entropy)
+            return self.engine.forward(forward, *inputs) if training else forward(model, *inputs)
 
     @torch.no_grad()
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
@@ -129,7 +149,8 @@ class RolloutTrainer(TrainingLoop):
         ``sample_and_score(rows, timings)``, ``updates(batch) -> passes`` (each pass's statistics,
         with ``problem`` saying what was NaN/Inf) and ``batch_metrics(batch, passes, timings)``."""
         timings, started = {}, time.perf_counter()
-        batch = self.sample_and_score(self.stream.next_batch(self.args.prompts_per_step), timings)
+        rows = self.ranks.shard(self.stream.next_batch(self.args.prompts_per_step))
+        batch = self.sample_and_score(rows, timings)
         train_started = time.perf_counter()
         passes = self.updates(batch)
         timings["train"] = time.perf_counter() - train_started

@@ -1,8 +1,10 @@
 """Supervised fine-tuning on demonstrations, with the loss on completion tokens only.
 
-One step is one optimizer step on ``per_device_train_batch_size`` demonstrations; the loss is
-the mean negative log-likelihood over the batch's completion tokens (prompt and padding carry
-label -100). Checkpoints, exact resume, skipped non-finite updates, ``request_stop`` and
+One step is one optimizer step on ``per_device_train_batch_size`` demonstrations per process;
+the loss is the mean negative log-likelihood over the batch's completion tokens (prompt and
+padding carry label -100). Under torchrun the global batch is the per-device size times the
+number of processes, each process takes its share, and the mean is over the global batch's
+tokens. Checkpoints, exact resume, skipped non-finite updates, ``request_stop`` and
 ``rollback`` come from ``grpokit.trainers.loop.TrainingLoop``.
 """
 
@@ -10,16 +12,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
-from grpokit.config import SFTConfig, write_resolved
+from grpokit.config import SFTConfig
+from grpokit.distributed import sum_across
 from grpokit.data import load_rows, render_prompt, validate_sft_rows
 from grpokit.rewards.rules import completion_text
-from grpokit.models import save_model
-from grpokit.trainers.common import final_model, resolve_model, shuffled_batches, write_summary
+from grpokit.trainers.common import resolve_model, shuffled_batches
 from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 
@@ -54,13 +55,14 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def completion_nll(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean negative log-likelihood over the batch's labelled (completion) tokens."""
+def completion_nll(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed negative log-likelihood of the batch's labelled (completion) tokens, and their count."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:]  # (B, T-1)
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100
+    total = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
     )
+    return total, int((targets != -100).sum())
 
 
 class SFTTrainer(TrainingLoop):
@@ -87,12 +89,16 @@ class SFTTrainer(TrainingLoop):
         ]
 
         self.init_loop(callbacks)
+        if len(self.examples) < self.ranks.world_size:
+            raise ValueError(f"train_dataset has {len(self.examples)} rows, fewer than the "
+                             f"{self.ranks.world_size} processes training on it")
         self.start_batches()
 
     def start_batches(self) -> None:
         """Shuffled batches from the current step on (a step takes one batch, so the step is the
         data position)."""
-        batches = shuffled_batches(self.examples, self.args.per_device_train_batch_size, self.args.seed)
+        size = self.args.per_device_train_batch_size * self.ranks.world_size
+        batches = shuffled_batches(self.examples, size, self.args.seed)
         self.batches = itertools.islice(batches, self.step_index, None)
 
     def load_trainer_state(self, state: dict) -> None:
@@ -100,11 +106,15 @@ class SFTTrainer(TrainingLoop):
 
     def step(self) -> dict[str, float]:
         """One optimizer step on the next batch of demonstrations."""
-        examples = next(self.batches)
+        examples = next(self.batches)  # a data set smaller than a batch gives all its rows:
+        examples = self.ranks.shard(examples[: len(examples) - len(examples) % self.ranks.world_size])
         batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
-        nll = completion_nll(self.model, batch)
-        nll.backward()
-        loss = nll.item()
+        with self.engine.micro_batch(last=True):
+            nll, tokens = self.engine.forward(completion_nll, batch)
+            tokens = sum_across({"tokens": tokens})["tokens"]  # the global batch's
+            nll = nll / max(tokens, 1.0)  # this rank's share of the mean
+            (nll * self.ranks.grad_scale).backward()
+        loss = sum_across({"loss": nll.item()})["loss"]
         grad_norm, problem = clip_and_step(self.model, self.optimizer, self.scheduler,
                                            self.args.max_grad_norm, loss)
         self.step_index += 1
@@ -118,16 +128,15 @@ class SFTTrainer(TrainingLoop):
     def train(self, show_progress: bool = True, resume_from_checkpoint: bool | str | None = None) -> dict:
         """Train for ``max_steps``; ``resume_from_checkpoint`` (True: the latest checkpoint in
         ``output_dir``, or a checkpoint path) continues an interrupted run exactly."""
-        args, out = self.args, Path(self.args.output_dir)
-        write_resolved(args, out)
+        args = self.args
+        self.write_run_files()
         set_seed(args.seed)  # python, numpy and torch
         self.optimizer, self.scheduler = build_optimizer(self.model, args, args.max_steps)
         self.model.train()
         seconds = self.run_loop("SFT", show_progress, resume_from_checkpoint)
-        self.model = final_model(self.model)
-        save_model(self.model, self.tokenizer, out / "model")
+        model_dir = self.save_final_model(self.output_dir / "model")
         summary = {"stage": "sft", "steps": self.step_index,
                    "final_loss": self.history[-1]["train/loss"] if self.history else math.nan,
-                   "seconds": seconds, "model_dir": str(out / "model"), **self.loop_summary()}
-        write_summary(out, summary)
+                   "seconds": seconds, "model_dir": str(model_dir), **self.loop_summary()}
+        self.write_run_files(summary)
         return summary

@@ -1,0 +1,5 @@
+"""``python -m grpokit`` (and ``torchrun -m grpokit``): the command-line interface."""
+
+from grpokit.cli import app
+
+app()
