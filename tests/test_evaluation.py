@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from grpokit.config import EvalConfig
 from grpokit.evaluation import evaluate, score_problems

@@ -11,7 +11,6 @@ from grpokit.models import (
     PAD,
     REASONING_TAGS,
     ModelLoadError,
-    build_char_tokenizer,
     create_embedded_default,
     create_tiny_model,
     load_model,

@@ -36,6 +36,7 @@ from typing import Any, Literal, Sequence
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from grpokit.config import Section
+from grpokit.distributed import ranks
 from grpokit.rewards.judge_cache import ReplyCache
 from grpokit.rewards.rules import completion_text
 from grpokit.rewards.scoring import register_reward
@@ -107,7 +108,8 @@ class JudgeConfig(Section):
     max_tokens: int = Field(512, ge=1)
     """Most tokens the judge may write per reply."""
     concurrency: int = Field(8, ge=1)
-    """Requests in flight at once (threads)."""
+    """Requests in flight at once (threads); under torchrun the limit is shared: each of N
+    processes keeps ceil(concurrency / N) in flight."""
     timeout_s: float = Field(60.0, gt=0)
     """Seconds to wait for the server to connect or send data before the attempt fails."""
     max_retries: int = Field(3, ge=0)
@@ -282,8 +284,15 @@ class LLMJudge:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._uses_answer = "answer" in rubric_fields(self.config.rubric)
         self._cache = ReplyCache(self.config.cache_path) if self.config.cache_path else None
-        self._pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="judge")
+        self._pool = None  # started on first use, once the process knows how many ranks share the limit
         self._rng = random.Random()
+
+    def pool(self) -> ThreadPoolExecutor:
+        """The request threads: this rank's share of ``concurrency``."""
+        if self._pool is None:
+            workers = rank_share(self.config.concurrency, ranks().world_size)
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge")
+        return self._pool
 
     def __repr__(self) -> str:
         return f"LLMJudge(model={self.config.model!r}, base_url={self.config.base_url!r})"
@@ -296,7 +305,8 @@ class LLMJudge:
 
     def close(self) -> None:
         """Wait for running requests, stop the threads and close the cache."""
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         if self._cache is not None:
             self._cache.close()
 
@@ -323,7 +333,7 @@ class LLMJudge:
         keys = [None if body is None else hashlib.sha256(body).hexdigest() for body in bodies]
         wanted = {key: body for key, body in zip(keys, bodies) if key is not None}
         cached = self._cache.get_many(wanted) if self._cache is not None else {}
-        futures = {key: self._pool.submit(self._ask, body) for key, body in wanted.items() if key not in cached}
+        futures = {key: self.pool().submit(self._ask, body) for key, body in wanted.items() if key not in cached}
         fresh = {key: future.result() for key, future in futures.items()}  # key -> (reply, error)
         if self._cache is not None:
             self._cache.put_many({key: reply for key, (reply, error) in fresh.items() if error is None})
@@ -441,3 +451,12 @@ def judge_reward(prompts, completions, *, base_url: str, model: str, **kwargs) -
 
 
 judge_reward.reward_options = tuple(JudgeConfig.model_fields)  # the YAML keys it accepts
+
+
+def rank_share(limit: int, world_size: int) -> int:
+    """One rank's part of a limit shared by ``world_size`` ranks (at least 1).
+
+    >>> rank_share(8, 1), rank_share(8, 3), rank_share(2, 4)
+    (8, 3, 1)
+    """
+    return max(1, -(-limit // world_size))
