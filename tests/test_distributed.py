@@ -272,3 +272,17 @@ def test_metrics_combine_by_kind():
     ])
     assert combined == {"reward/mean": 0.5, "completion/min_length": 3.0, "advantage/max": 2.0,
                         "time/step": 3.0, "completion_tokens_per_s": 150.0, "text/completions": "rank 0"}
+
+
+@pytest.mark.parametrize("scale", ["group", "none"])
+def test_a_ranks_whole_groups_give_the_global_advantages_without_communication(scale):
+    """Under torchrun each rank computes its groups' advantages alone unless scale is 'batch'."""
+    from grpokit.algorithms.advantages import group_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.0, 2.0, 3.0, 1.0, 1.0, 1.0])  # 3 groups of 4
+    everything = group_advantages(rewards, 4, scale)
+    for rank in Ranks(0, 3), Ranks(1, 3), Ranks(2, 3):
+        first = rank.row_offset(4)
+        assert torch.equal(group_advantages(rewards[first:first + 4], 4, scale), everything[first:first + 4])
+    # 'batch' divides by the std of every rank's rewards, so a rank's share alone differs
+    assert not torch.allclose(group_advantages(rewards[:4], 4, "batch"), group_advantages(rewards, 4, "batch")[:4])

@@ -138,9 +138,13 @@ class GRPOTrainer(RolloutTrainer):
         return StepBatch(rollout, rewards, step_rewards, advantages, loss_mask, weights, ref_logp)
 
     def outcome_advantages(self, total: torch.Tensor) -> torch.Tensor:
-        """Group-relative advantages ``(N,)`` of this rank's rows; under torchrun computed over
-        the global batch, so ``scale_rewards: batch`` uses every rank's rewards."""
-        args, first = self.args, self.ranks.row_offset(total.shape[0])
+        """Group-relative advantages ``(N,)`` of this rank's rows. A rank holds whole groups, so
+        these need no communication, except ``scale_rewards: batch``, whose std is taken over
+        every rank's rewards (gathered)."""
+        args = self.args
+        if not self.ranks.enabled or args.scale_rewards != "batch":
+            return group_advantages(total, args.num_generations, args.scale_rewards)
+        first = self.ranks.row_offset(total.shape[0])
         everything = gather_rows(total)  # (global N,)
         advantages = group_advantages(everything, args.num_generations, args.scale_rewards)
         return advantages[first : first + total.shape[0]]
