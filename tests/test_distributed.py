@@ -181,7 +181,7 @@ def test_a_killed_rank_stops_the_run_quickly_and_resume_continues(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    assert stopped_after < 60  # measured: 0.7-2 s (torchrun stops the rest at once)
+    assert stopped_after < 60  # measured: 0.7-3.1 s (torchrun stops the rest at once)
     assert "Signal 9 (SIGKILL) received by PID" in output  # torchrun's report names the root cause
     assert "rank 0: " in output or "SIGTERM" in output  # and rank 0 was told to stop
     assert not list(out.glob("checkpoint-*.tmp-*")) and (out / "checkpoint-2" / "COMPLETE").exists()
