@@ -26,6 +26,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from grpokit.algorithms.advantages import group_advantages
 from grpokit.distributed import Ranks, combine_metrics, local_only, ranks
 from grpokit.rollout import SamplingParams, generate, random_table
 
@@ -277,8 +278,6 @@ def test_metrics_combine_by_kind():
 @pytest.mark.parametrize("scale", ["group", "none"])
 def test_a_ranks_whole_groups_give_the_global_advantages_without_communication(scale):
     """Under torchrun each rank computes its groups' advantages alone unless scale is 'batch'."""
-    from grpokit.algorithms.advantages import group_advantages
-
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.0, 2.0, 3.0, 1.0, 1.0, 1.0])  # 3 groups of 4
     everything = group_advantages(rewards, 4, scale)
     for rank in Ranks(0, 3), Ranks(1, 3), Ranks(2, 3):

@@ -281,10 +281,10 @@ class OptimConfig(Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     """Sink settings, completions log, periodic evaluation and alerts."""
     distributed: Literal["ddp", "fsdp2"] = "ddp"
-    """SFT and GRPO under torchrun with several processes (PPO and reward models train on one): 'ddp' keeps a whole model on every rank and
-    all-reduces gradients; 'fsdp2' shards weights, gradients and optimizer state over the ranks
-    (torch's fully_shard per decoder layer) for models that do not fit one device. Ignored on
-    one process. See docs/DISTRIBUTED.md."""
+    """SFT and GRPO under torchrun with several processes (PPO and reward models train on one):
+    'ddp' keeps a whole model on every rank and all-reduces gradients; 'fsdp2' shards weights,
+    gradients and optimizer state over the ranks (torch's fully_shard per decoder layer) for
+    models that do not fit one device. Ignored on one process. See docs/DISTRIBUTED.md."""
     distributed_timeout: float = Field(600.0, gt=0)
     """Seconds a collective may wait for the other ranks (e.g. one that died) before this rank
     stops with an error."""
