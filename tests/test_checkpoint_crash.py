@@ -125,10 +125,12 @@ def test_latest_valid_checkpoint_skips_incomplete_ones_and_removes_stale_tempora
     assert not stale.exists() and live.exists()
 
 
-def test_save_total_limit_keeps_the_newest_and_leaves_an_earlier_runs_alone(tmp_path, caplog):
+def test_a_fresh_start_moves_an_earlier_runs_checkpoints_aside_and_keeps_the_newest(tmp_path, caplog):
     out = tmp_path / "run"
     (out / "checkpoint-9").mkdir(parents=True)  # left by an earlier, longer run
     (out / "checkpoint-9" / "COMPLETE").write_text("{}")
     sft(out, save_steps=1, save_total_limit=2, max_steps=4).train(show_progress=False)
-    assert [p.name for p in complete_checkpoints(out)] == ["checkpoint-3", "checkpoint-4", "checkpoint-9"]
-    assert "holds checkpoints of an earlier run (checkpoint-9)" in caplog.text
+    assert [p.name for p in complete_checkpoints(out)] == ["checkpoint-3", "checkpoint-4"]
+    [aside] = out.glob("earlier-run-*")
+    assert [p.name for p in aside.iterdir()] == ["checkpoint-9"]
+    assert "held checkpoints of an earlier run (checkpoint-9)" in caplog.text

@@ -69,10 +69,14 @@ def test_unknown_key_suggests_the_nearest_name(tmp_path, toy_config):
     assert "did you mean 'num_generations'" in result.output
 
 
-def test_out_of_range_value_names_the_key_and_file(toy_config):
+def test_out_of_range_value_names_the_key_and_where_it_was_set(tmp_path, toy_config):
     result = invoke("train", toy_config, "grpo.epsilon=1.5")
     assert result.exit_code == 2
-    assert "grpo.epsilon" in result.output and str(toy_config) in result.output
+    assert "override 'grpo.epsilon=1.5': grpo.epsilon: Input should be less than 1" in result.output
+    in_file = tmp_path / "bad.yaml"
+    in_file.write_text(yaml.safe_dump({**TOY, "grpo": {**TOY["grpo"], "epsilon": 1.5}}))
+    result = invoke("train", in_file)
+    assert result.exit_code == 2 and f"{in_file}: grpo.epsilon: Input should be less than 1" in result.output
 
 
 def test_demo_writes_stage_results_through_the_installed_entry_point(tmp_path):

@@ -72,8 +72,36 @@ def test_load_save_to_disk_dir(tmp_path):
 
 
 def test_load_missing_file_names_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(DatasetError, match=f"data file '{tmp_path}/nope.jsonl' does not exist; expected"):
         load_rows(tmp_path / "nope.jsonl")
+
+
+def test_an_empty_jsonl_file_is_a_clear_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DatasetError, match="empty.jsonl' holds no rows"):
+        load_rows(tmp_path / "empty.jsonl")
+
+
+def test_a_broken_jsonl_line_is_named(tmp_path):
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b",}\n')
+    with pytest.raises(DatasetError, match="broken.jsonl' line 2 is not valid JSON"):
+        load_rows(tmp_path / "broken.jsonl")
+
+
+def test_a_row_without_prompt_names_the_file_the_row_its_line_and_the_format_to_use(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "a"}\n\n{"question": "2+2?", "answer": "#### 4"}\n')
+    with pytest.raises(DatasetError) as info:
+        validate_prompt_rows(load_rows(path), "train_dataset")
+    assert str(info.value).startswith(f"{path} row 1 (line 3): no 'prompt' column (found columns: "
+                                      f"question, answer)")
+    assert "set data.format: gsm8k" in str(info.value)
+
+
+def test_a_csv_cell_left_empty_counts_as_missing(tmp_path):
+    (tmp_path / "d.csv").write_text("prompt,answer\na,1\n,2\n")
+    with pytest.raises(DatasetError, match="d.csv row 1: no 'prompt' column \\(found columns: answer\\)"):
+        validate_prompt_rows(load_rows(tmp_path / "d.csv"))
 
 
 def test_load_unknown_extension_lists_supported(tmp_path):
@@ -92,9 +120,9 @@ def test_load_wrong_type():
 
 
 def test_missing_prompt_names_row_and_columns():
-    rows = [{"prompt": "ok"}] * 17 + [{"question": "q", "answer": "a"}]
+    rows = [{"prompt": "ok"}] * 17 + [{"query": "q", "answer": "a"}]
     expected = (
-        "dataset row 17: no 'prompt' column (found columns: question, answer); "
+        "dataset row 17: no 'prompt' column (found columns: query, answer); "
         "expected a string or a list of chat messages"
     )
     with pytest.raises(DatasetError) as info:
@@ -121,7 +149,7 @@ def test_empty_dataset_is_error():
         ([{"content": "hi"}], "'prompt' message 0 has no 'role' key"),
         ([{"role": "user", "content": "a"}, {"role": "user", "content": 3}], "'prompt' message 1 'content' is int \\(3\\)"),
         (42, "'prompt' is int \\(42\\)"),
-        (None, "'prompt' is NoneType"),
+        (None, "no 'prompt' column \\(found columns: none\\)"),
     ],
 )
 def test_bad_prompts(prompt, fragment):

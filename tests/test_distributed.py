@@ -135,8 +135,11 @@ def test_ddp_sft_splits_the_global_batch(tmp_path):
     run_ok("sft", str(tmp_path / "config.yaml"), f"sft.output_dir={ddp}",
            "sft.per_device_train_batch_size=2", processes=2)
     for step in (1, 2, 3):
+        # measured 2.4e-5 on one machine of this kind and under 1e-5 on another: Adam's first
+        # update, lr * g / (|g| + eps), magnifies the all-reduce's rounding of gradients near eps;
+        # 1e-4 is 2 % of one step's movement at lr 5e-3
         assert max_difference(weights(single / f"checkpoint-{step}"),
-                              weights(ddp / f"checkpoint-{step}")) < 1e-5, step
+                              weights(ddp / f"checkpoint-{step}")) < 1e-4, step
     losses = [[m["train/loss"] for m in metrics(run)] for run in (single, ddp)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
 

@@ -133,7 +133,8 @@ def test_metrics_line_has_every_documented_key(tmp_path):
     line = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
     for key in ["reward/mean", "reward/std", "reward/fraction_of_a/mean", "reward/fraction_of_a/std",
                 "reward/frac_zero_std", "advantage/mean", "advantage/std", "kl", "entropy",
-                "clip_ratio/low", "clip_ratio/high", "clip_ratio/region", "completion/mean_length",
+                "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+                "clip_ratio/low_min", "clip_ratio/high_max", "completion/mean_length",
                 "completion/min_length", "completion/max_length", "completion/truncated_frac",
                 "learning_rate", "grad_norm", "time/generate", "time/score", "time/reference", "time/train",
                 "completion_tokens_per_s"]:

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+
+from grpokit.distributed import add_stats
 from grpokit.algorithms import (
     LOSS_TYPES,
     PolicyLossInputs,
@@ -187,6 +189,38 @@ def test_kl_included_with_beta():
     assert loss_none.item() == 0.0 and m_none["kl_sum"].item() == 0.0
 
 
+def _kl_pass(old_p, **kw):
+    """The loss, kl_sum and logp gradient for one row of two tokens, p = [0.5, 0.3], reference
+    [0.25, 0.3], old policy ``old_p``, A = 0 (so only the KL term acts), beta = 0.04."""
+    lp = torch.log(torch.tensor([[0.5, 0.3]], dtype=D)).requires_grad_(True)
+    ref = torch.log(torch.tensor([[0.25, 0.3]], dtype=D))
+    old = torch.log(torch.tensor([old_p], dtype=D))
+    mask = torch.ones(1, 2, dtype=D)
+    x = PolicyLossInputs(lp, old, torch.zeros(1, dtype=D), mask, token_weights(mask, "grpo"), ref_logp=ref)
+    loss, m = policy_loss(x, epsilon_low=0.2, epsilon_high=0.2, beta=0.04, **kw)
+    loss.backward()
+    return loss.item(), m["kl_sum"].item(), lp.grad
+
+
+def test_bias_corrected_kl_on_policy_keeps_the_value_and_takes_the_reverse_kl_gradient():
+    # ratio 1: the value is k3 = 0.1931472 as before; d(k3 * r)/d logp = (1 - rho) + k3 = -ln rho
+    # = logp - ref_logp = ln 2 = 0.6931472 (TRL's use_bias_correction_kl; uncorrected: 1 - rho = 0.5)
+    loss, kl_sum, grad = _kl_pass([0.5, 0.3], use_bias_correction_kl=True)
+    assert loss == pytest.approx(0.04 * 0.5 * 0.1931472, abs=1e-9) and kl_sum == pytest.approx(0.1931472, abs=1e-7)
+    torch.testing.assert_close(grad, torch.tensor([[0.04 * 0.5 * math.log(2), 0.0]], dtype=D))
+    _, _, plain = _kl_pass([0.5, 0.3], use_bias_correction_kl=False)
+    torch.testing.assert_close(plain, torch.tensor([[0.04 * 0.5 * 0.5, 0.0]], dtype=D))
+
+
+def test_bias_corrected_kl_off_policy_is_weighted_by_the_ratio():
+    # old p = 0.4 on token 0: r = 0.5 / 0.4 = 1.25; the KL term is k3 * r = 0.2414340, the metric
+    # too (as TRL logs it); the gradient is r * (1 - rho + k3) = 1.25 * ln 2 = 0.8664340
+    loss, kl_sum, grad = _kl_pass([0.4, 0.3], use_bias_correction_kl=True)
+    assert kl_sum == pytest.approx(1.25 * 0.1931472, abs=1e-7)
+    assert loss == pytest.approx(0.04 * 0.5 * 1.25 * 0.1931472, abs=1e-9)
+    torch.testing.assert_close(grad, torch.tensor([[0.04 * 0.5 * 1.25 * math.log(2), 0.0]], dtype=D))
+
+
 # ---------------------------------------------------------------- micro-batch invariance
 def _random_batch(seed):
     g = torch.Generator().manual_seed(seed)
@@ -217,12 +251,12 @@ def test_micro_batch_invariance(loss_type, level):
         for rows in chunks:
             part, m = policy_loss(PolicyLossInputs(lp[rows], old[rows], adv[rows], mask[rows], w[rows], ref[rows]), **kw)
             total = total + part
-            sums = {k: sums.get(k, 0.0) + v for k, v in m.items()}
+            sums = add_stats(sums, m)  # sums, and min/max for the per-sequence extremes
         total.backward()
         torch.testing.assert_close(total, full)
         torch.testing.assert_close(lp.grad, full_lp.grad)
         for k, v in full_m.items():
-            torch.testing.assert_close(sums[k], v)
+            assert sums[k] == pytest.approx(v.item(), rel=1e-6, abs=1e-7), k
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])

@@ -216,3 +216,61 @@ def test_pipeline_resume_continues_a_failed_stage_from_its_checkpoint(tmp_path, 
     assert lines == ["stage 1/1 sft (sft): resuming from checkpoint-2"]
     assert [line["step"] for line in logged(out / "sft")] == [1, 2, 3, 4]
     assert json.loads((out / "sft" / "summary.json").read_text())["steps"] == 4
+
+
+def monitored(out, crash_step=None):
+    """GRPO with alerts that fire every step, the completions log every step and TensorBoard."""
+    from grpokit.config import MonitorConfig
+    from grpokit.monitoring.callbacks import monitor_callbacks
+
+    monitor = MonitorConfig(log_completions_steps=1, log_completions_count=2,
+                            alerts={"cooldown_steps": 0, "truncation": {"max_rate": 0.0}})
+    callbacks = ([CrashDuring(crash_step)] if crash_step else []) + monitor_callbacks(monitor)
+    return grpo(out, callbacks, monitor=monitor, report_to=["tensorboard"])
+
+
+def run_file(out, name):
+    return (out / name).read_text().splitlines()
+
+
+def test_a_resumed_run_writes_every_run_file_as_an_uninterrupted_one(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    monitored(straight).train(show_progress=False)
+    with pytest.raises(Crash):  # after steps 4 and 5 wrote alerts and completions past checkpoint-3
+        monitored(resumed, crash_step=6).train(show_progress=False)
+    assert [json.loads(line)["step"] for line in run_file(resumed, "alerts.jsonl")] == [1, 2, 3, 4, 5]
+    monitored(resumed).train(show_progress=False, resume_from_checkpoint=True)
+
+    assert [json.loads(line)["step"] for line in run_file(resumed, "alerts.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert run_file(resumed, "alerts.jsonl") == run_file(straight, "alerts.jsonl")
+    assert run_file(resumed, "completions.jsonl") == run_file(straight, "completions.jsonl")
+    assert logged(resumed) == logged(straight)
+    events = EventAccumulator(str(resumed / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("reward/mean")] == [1, 2, 3, 4, 5, 6]  # purged, not doubled
+
+
+def test_sigint_saves_a_checkpoint_at_the_step_boundary_and_resume_finishes_the_run(tmp_path):
+    import signal
+
+    from grpokit.errors import TrainingInterrupted
+
+    class CtrlC:
+        def on_step_end(self, trainer, step, batch, metrics):
+            if step == 4:
+                signal.raise_signal(signal.SIGINT)  # as a terminal's Ctrl-C during step 4
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    grpo(straight).train(show_progress=False)
+    with pytest.raises(TrainingInterrupted) as stop:
+        grpo(stopped, [CtrlC()]).train(show_progress=False)
+    assert (stop.value.step, stop.value.signal_name) == (4, "SIGINT")
+    assert stop.value.checkpoint == stopped / "checkpoint-4" and (stopped / "checkpoint-4" / "COMPLETE").is_file()
+    assert [line["step"] for line in logged(stopped)] == [1, 2, 3, 4]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    grpo(stopped).train(show_progress=False, resume_from_checkpoint=True)
+    assert logged(stopped) == logged(straight)
+    ours, theirs = final_weights(stopped), final_weights(straight)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)

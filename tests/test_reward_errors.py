@@ -10,6 +10,7 @@ import torch
 
 from grpokit import GRPOConfig, GRPOTrainer
 from grpokit.models import build_char_tokenizer, create_tiny_model
+from grpokit.errors import RewardFunctionError
 from grpokit.rewards import reward_metrics, score_completions
 
 PROMPTS = ["2+2=", "3+3="]
@@ -39,12 +40,15 @@ def score(funcs, on_error):
                              completion_ids=[[1]] * 4, on_error=on_error)
 
 
-def test_by_default_the_error_names_the_function_the_sample_and_its_prompt():
-    with pytest.raises(ValueError, match="cannot parse 'oops'") as error:
+def test_by_default_the_error_names_the_function_the_line_the_sample_and_its_prompt():
+    with pytest.raises(RewardFunctionError, match="cannot parse 'oops'") as error:
         score([constant, picky], "raise")
-    notes = "\n".join(error.value.__notes__)
-    assert "reward function 'picky' on sample 1 of 4" in notes
-    assert "sample 1 prompt: '2+2='" in notes and "sample 1 completion: 'oops'" in notes
+    message = str(error.value)
+    assert "reward function 'picky' raised ValueError" in message and "on sample 1 of 4" in message
+    assert f"test_reward_errors.py:{picky.__code__.co_firstlineno + 3} in picky" in message
+    assert "sample 1 prompt: '2+2='" in message and "sample 1 completion: 'oops'" in message
+    assert "reward_errors: skip" in message
+    assert isinstance(error.value.__cause__, ValueError)  # the function's own exception
 
 
 def test_skip_scores_the_failing_samples_none_and_counts_them():
@@ -59,9 +63,9 @@ def test_skip_scores_the_failing_samples_none_and_counts_them():
 
 
 def test_a_function_that_fails_only_on_whole_batches():
-    with pytest.raises(RuntimeError, match="batch too large") as error:
+    with pytest.raises(RewardFunctionError, match="batch too large") as error:
         score([one_at_a_time], "raise")
-    assert "on a batch of 4 samples" in "\n".join(error.value.__notes__)
+    assert "on a batch of 4 samples" in str(error.value)
     batch = score([one_at_a_time], "skip")  # the per-sample calls succeed, so they are used
     assert batch.per_func[:, 0].tolist() == [1.0] * 4 and batch.errors == {"one_at_a_time": 0}
 
@@ -85,9 +89,9 @@ def test_grpo_trains_on_with_reward_errors_skip(tmp_path, single_thread):
         train_dataset=[{"prompt": f"say {i}:"} for i in range(4)],
         args=GRPOConfig(output_dir=str(tmp_path / errors), max_steps=2, prompts_per_step=2,
                         num_generations=8, max_completion_length=32, reward_errors=errors))
-    with pytest.raises(KeyError) as error:
+    with pytest.raises(RewardFunctionError, match="reward function 'says_a' raised KeyError") as error:
         make("raise").train(show_progress=False)
-    assert "reward function 'says_a' on sample" in "\n".join(error.value.__notes__)
+    assert isinstance(error.value.__cause__, KeyError)
 
     make("skip").train(show_progress=False)
     lines = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from grpokit.errors import ConfigError, ImportPathError, RewardFunctionError
 from grpokit.rewards import (
     REWARD_REGISTRY,
     RewardBatch,
@@ -199,13 +200,13 @@ def test_2d_tensor_output():
         score([grid], ["a", "b"])
 
 
-def test_exception_inside_function_gets_note():
+def test_exception_inside_function_names_it_and_keeps_the_cause():
     def boom(prompts, completions, **kwargs):
         raise KeyError("answer")
 
-    with pytest.raises(KeyError) as info:
+    with pytest.raises(RewardFunctionError, match="reward function 'boom' raised KeyError") as info:
         score([boom], ["a"])
-    assert any("'boom'" in note for note in getattr(info.value, "__notes__", ["'boom'"]))
+    assert isinstance(info.value.__cause__, KeyError)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -274,15 +275,21 @@ def test_resolve_unknown_name_lists_registered_and_import_form():
     msg = str(info.value)
     assert "unknown reward 'no_such_reward'" in msg
     assert "test_scoring_known" in msg
-    assert "'package.module:function_name'" in msg
+    assert "'package.module:function'" in msg
+
+
+def test_resolve_suggests_the_nearest_registered_name():
+    with pytest.raises(ConfigError, match=r"rewards\[1\]: unknown reward 'formatt'; did you mean 'format'\?"):
+        resolve_reward("formatt", "rewards[1]")
 
 
 def test_resolve_bad_import_paths():
-    with pytest.raises(ModuleNotFoundError, match="cannot import module 'no_such_module_xyz'"):
+    with pytest.raises(ImportPathError, match="no module named 'no_such_module_xyz'. grpokit looks in the "
+                                              "working directory"):
         resolve_reward("no_such_module_xyz:f")
-    with pytest.raises(ValueError, match="'math' has no attribute 'nope'"):
+    with pytest.raises(ImportPathError, match="module 'math' .* has no 'nope'"):
         resolve_reward("math:nope")
-    with pytest.raises(TypeError, match="'pi' is float, not callable"):
+    with pytest.raises(ImportPathError, match="'pi' is a float, not a function"):
         resolve_reward("math:pi")
 
 

@@ -218,14 +218,16 @@ def test_alias_names_two_configurations_of_one_reward():
 
 def test_unknown_option_is_an_error_at_resolve_time():
     with pytest.raises(ValueError) as info:
-        resolve_reward({"name": "soft_overlong", "max_length": 512, "cache_len": 128})
-    assert str(info.value) == ("reward 'soft_overlong' got unknown option(s) 'cache_len'; it accepts: "
-                               "max_length, cache_length (and 'alias' for the metric name)")
+        resolve_reward({"name": "soft_overlong", "max_length": 512, "cache_len": 128}, "rewards[2]")
+    assert str(info.value) == ("rewards[2]: reward 'soft_overlong' got unknown option(s) 'cache_len' "
+                               "('cache_len': did you mean 'cache_length'?); it accepts: max_length, "
+                               "cache_length (and 'alias' for the metric name)")
 
 
 def test_missing_required_option_is_an_error_at_resolve_time():
-    with pytest.raises(ValueError, match=r"reward 'length_penalty' needs option\(s\) 'max_length'; "
-                                         r"it accepts: target_length, max_length"):
+    with pytest.raises(ValueError, match=r"reward 'length_penalty' needs option\(s\) 'max_length'; write it "
+                                         r"as a mapping, \{name: length_penalty, max_length: ...\} "
+                                         r"\(it accepts: target_length, max_length\)"):
         resolve_reward({"name": "length_penalty", "target_length": 100})
 
 
@@ -234,7 +236,7 @@ def test_mapping_needs_a_name():
         resolve_reward({"max_length": 512})
     with pytest.raises(ValueError, match="alias 3; expected a non-empty string"):
         resolve_reward({"name": "format", "alias": 3})
-    with pytest.raises(TypeError, match="expected a callable, a string or a mapping"):
+    with pytest.raises(ValueError, match="expected a reward name, 'package.module:function' or a mapping"):
         resolve_reward(3)
 
 

@@ -1,5 +1,5 @@
 """``python -m grpokit`` (and ``torchrun -m grpokit``): the command-line interface."""
 
-from grpokit.cli import app
+from grpokit.cli import main
 
-app()
+main()

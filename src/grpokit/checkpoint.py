@@ -38,15 +38,13 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from grpokit.errors import CheckpointError
+
 PREFIX = "checkpoint-"
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
 PAUSE_ENV = "GRPOKIT_TEST_PAUSE_IN_SAVE"
 _TMP = re.compile(r"^checkpoint-\d+\.tmp-(\d+)")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written, found or loaded; the message names the directory."""
 
 
 # ------------------------------------------------------------------------- finding checkpoints
@@ -230,7 +228,12 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler,
     path = Path(path)
     if not (path / MARKER).is_file():
         raise CheckpointError(f"{str(path)!r} is not a complete checkpoint (no {MARKER} marker)")
-    state = torch.load(path / STATE_FILE, weights_only=True)
+    try:
+        state = torch.load(path / STATE_FILE, weights_only=True)
+    except Exception as error:  # a truncated or foreign file
+        raise CheckpointError(f"cannot read {path / STATE_FILE} ({type(error).__name__}: {str(error)[:200]}); "
+                              f"the checkpoint is damaged: resume from an earlier checkpoint-N directory, "
+                              f"or move this one away") from error
     try:
         if engine is not None and engine.sharded:
             engine.load_full_state_dict(read_weights(path))
@@ -243,9 +246,10 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler,
         else:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    except (ValueError, KeyError, RuntimeError) as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not fit this trainer (was it written with "
-                              f"another model, LoRA setting or config?): {error}") from error
+    except (ValueError, KeyError, RuntimeError, OSError) as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit this trainer, or a file of it is "
+                              f"damaged (was it written with another model, LoRA setting or config?): "
+                              f"{type(error).__name__}: {str(error)[:300]}") from error
     return state
 
 
@@ -277,7 +281,14 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{directory} holds no .safetensors weights")
-    return {key: value for file in files for key, value in load_file(file).items()}
+    weights = {}
+    for file in files:
+        try:
+            weights.update(load_file(file))
+        except Exception as error:  # safetensors' own error for a truncated or garbage file
+            raise CheckpointError(f"cannot read {file} ({type(error).__name__}: {str(error)[:200]}); the "
+                                  f"file is damaged: resume from an earlier checkpoint-N directory") from error
+    return weights
 
 
 # --------------------------------------------------------------------------------------- RNG

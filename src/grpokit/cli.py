@@ -1,32 +1,32 @@
 """``grpokit demo | sft | train | ppo | sample | rm | eval | pipeline | report``: each stage from a
-YAML config plus dotted overrides, and the report of a run."""
+YAML config plus dotted overrides, and the report of a run.
+
+This module imports only typer and grpokit's config and error modules, so ``--help`` and config
+errors answer at once; torch, transformers and the trainers are imported inside the commands.
+Errors in what the user gave end with one screen and exit code 2 (``--debug`` anywhere on the
+command line, or ``GRPOKIT_DEBUG=1``, adds the traceback); Ctrl-C during training saves a
+checkpoint at the next step boundary and exits with 130.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+import shlex
 import signal
+import sys
+import traceback
 from pathlib import Path
 
-import datasets
 import typer
-from torch.distributed import DistError
-from transformers.utils import logging as hf_logging
 
-from grpokit.checkpoint import CheckpointError
-from grpokit.config import ConfigError, RunConfig, load_config
-from grpokit.data import DatasetError
-from grpokit.demo import run_demo
-from grpokit.distributed import Terminated, launched, main_first, raise_on_sigterm, ranks, setup, shutdown
-from grpokit.models import ModelLoadError
-from grpokit.pipeline import StageStopped, run_pipeline
-from grpokit.rewards import RewardFunctionError
-from grpokit.rewards.judge import JudgeError
-from grpokit.stages import base_model, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
-from grpokit.trainers.loop import NonFiniteError
+from grpokit.errors import GrpokitError, Terminated, TrainingInterrupted
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="GRPO training for language models. Overrides: key.path=value.")
+DEBUG_ENV = "GRPOKIT_DEBUG"
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="GRPO training for language models. Overrides: key.path=value. "
+                       "--debug (anywhere) shows tracebacks.")
 
 ConfigArg = typer.Argument(..., help="A YAML run config (see the README's config reference).")
 OverridesArg = typer.Argument(None, help="Dotted overrides such as grpo.beta=0.04.")
@@ -36,18 +36,33 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue from the latest check
                          "when there is none.")
 
 
-hf_logging.disable_progress_bar()  # per-file load/save bars; the stages show their own
-hf_logging.set_verbosity_error()  # e.g. the "score.weight newly initialized" report of reward models
-datasets.disable_progress_bars()
+def main() -> None:
+    """The ``grpokit`` entry point: ``--debug`` may come anywhere on the command line."""
+    if "--debug" in sys.argv[1:]:
+        sys.argv = [arg for arg in sys.argv if arg != "--debug"]
+        os.environ[DEBUG_ENV] = "1"
+    app()
 
 
-# errors whose message says what to fix: shown as one line, without a traceback
-USER_ERRORS = (ConfigError, DatasetError, ModelLoadError, RewardFunctionError, CheckpointError,
-               NonFiniteError, StageStopped, JudgeError)
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of errors too "
+                                                                "(also GRPOKIT_DEBUG=1).")) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def launched() -> bool:
+    """True in a process that ``torchrun`` started as one of several (read from the environment,
+    so that a single process never imports torch.distributed for it)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def command(name: str | None = None, distributed: bool = False):
-    """``app.command`` whose known errors end the process with their message (exit code 2).
+    """``app.command`` whose user errors end the process with their message (exit code 2).
 
     Only ``distributed`` commands may run as several processes under torchrun; the others
     refuse. Under torchrun each message names its rank.
@@ -58,32 +73,63 @@ def command(name: str | None = None, distributed: bool = False):
             where = f"rank {os.environ.get('RANK', '?')}: " if launched() else ""
             try:
                 if launched():
+                    from grpokit.distributed import raise_on_sigterm
+
                     raise_on_sigterm()
-                if launched() and not distributed:
-                    raise ConfigError(f"grpokit {name or fn.__name__} runs on one process; launch it "
-                                      f"without torchrun (distributed: sft, train, pipeline)")
+                    if not distributed:
+                        from grpokit.errors import ConfigError
+
+                        raise ConfigError(f"grpokit {name or fn.__name__} runs on one process; launch it "
+                                          f"without torchrun (distributed: sft, train, pipeline)")
                 return fn(*args, **kwargs)
-            except USER_ERRORS as error:
-                typer.secho(f"{where}{type(error).__name__}: {error}", fg="red", err=True)
-                raise typer.Exit(2) from None
+            except GrpokitError as error:
+                fail(f"{where}{type(error).__name__}: {error}", 2)
+            except TrainingInterrupted as stop:
+                fail(f"{where}{stop}. Continue with: {resume_command()}", 130)
+            except KeyboardInterrupt:
+                fail(f"{where}interrupted; finished stages and checkpoints are kept. Continue with: "
+                     f"{resume_command()}", 130)
             except Terminated:
-                typer.secho(f"{where}stopped: torchrun ends every process when one fails (its report "
-                            f"names the first failure). Start the same command again with --resume to "
-                            f"continue from the latest checkpoint.", fg="red", err=True)
-                raise typer.Exit(3) from None
-            except (DistError, RuntimeError) as error:
+                fail(f"{where}stopped: torchrun ends every process when one fails (its report names the "
+                     f"first failure). Start the same command again with --resume to continue from the "
+                     f"latest checkpoint.", 3)
+            except Exception as error:
                 if not (launched() and lost_contact(error)):
                     raise
-                typer.secho(f"{where}lost contact with the other processes (one of them died, or a "
-                            f"collective waited longer than distributed_timeout): {error}. Start the same "
-                            f"command again with --resume to continue from the latest checkpoint.",
-                            fg="red", err=True)
-                raise typer.Exit(3) from None
+                fail(f"{where}lost contact with the other processes (one of them died, or a collective "
+                     f"waited longer than distributed_timeout): {error}. Start the same command again "
+                     f"with --resume to continue from the latest checkpoint.", 3)
             finally:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                shutdown()
+                if "grpokit.distributed" in sys.modules:
+                    sys.modules["grpokit.distributed"].shutdown()
         return app.command(name)(run)
     return register
+
+
+def fail(message: str, code: int) -> None:
+    """Print ``message`` (after the traceback when debugging) and exit with ``code``."""
+    if debugging():
+        traceback.print_exc()
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(code) from None
+
+
+def resume_command() -> str:
+    """The command line that continues this run: the same one, with ``--resume``."""
+    args = [arg for arg in sys.argv[1:] if arg != "--resume"]
+    return shlex.join(["grpokit", *args, "--resume"])
+
+
+def quiet_libraries() -> None:
+    """Per-file load/save bars and notices of transformers and datasets off: the stages show
+    their own progress (imported here, when a command runs, not for ``--help``)."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # e.g. the "score.weight newly initialized" report of reward models
+    datasets.disable_progress_bars()
 
 
 def lost_contact(error: Exception) -> bool:
@@ -94,18 +140,27 @@ def lost_contact(error: Exception) -> bool:
     >>> lost_contact(RuntimeError("shape mismatch"))
     False
     """
-    return isinstance(error, DistError) or any(
+    if type(error).__name__ == "DistError":  # torch.distributed's, without importing it here
+        return True
+    return isinstance(error, RuntimeError) and any(
         word in str(error) for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out"))
 
 
 def echo(message: str) -> None:
     """Print a result line (rank 0 only under torchrun)."""
+    from grpokit.distributed import ranks
+
     if ranks().is_main:
         typer.echo(message)
 
 
-def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
-    return load_config(config, overrides or [])
+def _load(config: Path | None, overrides: list[str] | None):
+    """The validated run config (before torch is imported), then the libraries quietened."""
+    from grpokit.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    quiet_libraries()
+    return cfg
 
 
 @command()
@@ -113,10 +168,16 @@ def demo(
     output_dir: Path = typer.Option(Path("runs/demo"), help="Where every stage writes."),
     overrides: list[str] = OverridesArg,
     progress: bool = ProgressOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted stage from its latest "
+                                "checkpoint (finished stages are always skipped)."),
 ) -> None:
     """The R1 recipe on the embedded default (digit sums): SFT, GRPO, rejection sampling, SFT,
     reward model, GRPO with the reward model; held-out results of every stage."""
-    run_demo(output_dir, overrides or [], show_progress=progress)
+    from grpokit.demo import demo_config, run_demo
+
+    cfg = demo_config(output_dir, overrides or [])
+    quiet_libraries()
+    run_demo(cfg, show_progress=progress, resume=resume)
 
 
 @command(distributed=True)
@@ -124,6 +185,9 @@ def sft(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress:
         resume: bool = ResumeOpt) -> None:
     """Supervised fine-tuning (stage 1) with the `sft` section (torchrun: several processes)."""
     cfg = _load(config, overrides)
+    from grpokit.distributed import main_first, setup
+    from grpokit.stages import base_model, run_sft
+
     setup(cfg.sft.distributed_timeout)
     model_dir = run_sft(cfg, main_first(lambda: base_model(cfg, cfg.sft.output_dir)), progress, resume)
     echo(f"model: {model_dir}")
@@ -134,6 +198,9 @@ def train(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progres
           resume: bool = ResumeOpt) -> None:
     """GRPO with the `grpo` section and the `rewards` list (torchrun: several processes)."""
     cfg = _load(config, overrides)
+    from grpokit.distributed import main_first, setup
+    from grpokit.stages import base_model, run_grpo
+
     setup(cfg.grpo.distributed_timeout)
     model_dir = run_grpo(cfg, main_first(lambda: base_model(cfg, cfg.grpo.output_dir)), progress, resume)
     echo(f"model: {model_dir}")
@@ -144,6 +211,8 @@ def ppo(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress:
         resume: bool = ResumeOpt) -> None:
     """PPO with a value model, the `ppo` section and the `rewards` list."""
     cfg = _load(config, overrides)
+    from grpokit.stages import base_model, run_ppo
+
     model_dir = run_ppo(cfg, base_model(cfg, cfg.ppo.output_dir), progress, resume)
     typer.echo(f"model: {model_dir}")
 
@@ -152,6 +221,8 @@ def ppo(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress:
 def sample(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
     """Rejection sampling: k completions per prompt, kept if they pass the verifiers; an SFT set."""
     cfg = _load(config, overrides)
+    from grpokit.stages import base_model, run_sample
+
     data_path = run_sample(cfg, base_model(cfg, cfg.sample.output_dir), progress)
     typer.echo(f"sft set: {data_path}")
 
@@ -161,6 +232,8 @@ def rm(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: 
        resume: bool = ResumeOpt) -> None:
     """Train a Bradley-Terry reward model on {prompt, chosen, rejected} pairs (the `rm` section)."""
     cfg = _load(config, overrides)
+    from grpokit.stages import base_model, run_rm
+
     model_dir = run_rm(cfg, base_model(cfg, cfg.rm.output_dir), progress, resume)
     typer.echo(f"reward model: {model_dir}")
 
@@ -170,10 +243,13 @@ def pipeline(config: Path = ConfigArg, overrides: list[str] = OverridesArg, prog
              resume: bool = ResumeOpt) -> None:
     """Run the `pipeline.stages` in order; finished stages are skipped when started again, and
     with --resume an unfinished stage continues from its latest checkpoint."""
-    from grpokit.demo import results_table
+    cfg = _load(config, overrides)
     from rich.console import Console
 
-    cfg = _load(config, overrides)
+    from grpokit.demo import results_table
+    from grpokit.distributed import ranks
+    from grpokit.pipeline import run_pipeline
+
     summary = run_pipeline(cfg, progress, resume=resume)
     if not ranks().is_main:
         return
@@ -187,21 +263,20 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (one stage 
     """PNG plots and one self-contained HTML page: metrics, held-out results, alerts, config."""
     from grpokit.monitoring.report import write_report
 
-    try:
-        typer.echo(f"report: {write_report(run_dir, out)}")
-    except ValueError as error:
-        typer.secho(f"report: {error}", fg="red", err=True)
-        raise typer.Exit(2) from None
+    typer.echo(f"report: {write_report(run_dir, out)}")
 
 
 @command("eval")
 def evaluate(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
     """pass@1, pass@k, maj@k, greedy accuracy and format rate of `model` on held-out problems."""
     cfg = _load(config, overrides)
+    from grpokit.stages import base_model, run_eval
+
     metrics = run_eval(cfg, base_model(cfg, cfg.eval.output_dir), cfg.eval.output_dir, progress)
     for key, value in metrics.items():
         typer.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    typer.echo(f"wrote: {Path(cfg.eval.output_dir) / 'summary.json'} and samples.jsonl")
 
 
 if __name__ == "__main__":
-    app()
+    main()

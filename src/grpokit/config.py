@@ -7,52 +7,87 @@ these by ``python -m grpokit.config``). Unknown keys are rejected with the neare
 from __future__ import annotations
 
 import difflib
+from contextvars import ContextVar
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from grpokit.data import DEFAULT_SYSTEM_PROMPT
+from grpokit.errors import ConfigError, MissingDependencyError
+
+__all__ = ["ConfigError", "RunConfig", "GRPOConfig", "SFTConfig", "PPOConfig", "RewardModelConfig",
+           "EvalConfig", "SampleConfig", "DataConfig", "load_config", "validate", "write_resolved"]
 
 
-class ConfigError(ValueError):
-    """A config key or value that is not valid; the message names the key and the source."""
+_validating = ContextVar("grpokit_config_validating", default=False)  # inside an outer validation
 
 
 class Section(BaseModel):
-    """Base for every config section: unknown keys are errors with a "did you mean"."""
+    """Base for every config section: unknown keys are errors (all of them reported, each with
+    the nearest valid name), and an empty YAML section means "all defaults"."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
+    def __init__(self, /, **data: Any):
+        """``GRPOConfig(num_generation=4)`` raises a ConfigError listing every problem, each with
+        the nearest valid key (a section built inside another one lets the outer one report)."""
+        if _validating.get():
+            super().__init__(**data)
+            return
+        token = _validating.set(True)
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise ConfigError(f"{type(self).__name__}: " + "; ".join(problems(error, type(self)))) from None
+        finally:
+            _validating.reset(token)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any):
+        """pydantic's, reporting every problem as a ``ValidationError`` (no custom wrapping)."""
+        token = _validating.set(True)
+        try:
+            return super().model_validate(obj, **kwargs)
+        finally:
+            _validating.reset(token)
+
+    @classmethod
+    def model_validate_json(cls, json_data: Any, **kwargs: Any):
+        token = _validating.set(True)
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        finally:
+            _validating.reset(token)
+
     @model_validator(mode="before")
     @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            # an empty YAML section (``grpo:`` with nothing under it) means "all defaults"
+    def _empty_sections_are_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # ``grpo:`` with nothing under it is None in YAML
             data = {k: ({} if v is None and _is_section(cls, k) else v) for k, v in data.items()}
-            valid = list(cls.model_fields)
-            for key in data:
-                if key not in valid:
-                    raise ConfigError(unknown_key_message(str(key), valid, cls.__name__))
         return data
 
 
 def _is_section(model: type[BaseModel], key: str) -> bool:
-    field = model.model_fields.get(key)
-    return field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+    return _section_of(model, key) is not None
 
 
-def unknown_key_message(key: str, valid: list[str], where: str) -> str:
-    """Explain an unknown key, suggesting the closest valid one.
+def _section_of(model: type[BaseModel], key) -> type[Section] | None:
+    """The Section class of ``model``'s field ``key`` (also for a list of sections), or None."""
+    field = model.model_fields.get(key) if isinstance(key, str) else None
+    if field is None:
+        return None
+    annotation = field.annotation
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, Section):
+            return candidate
+    return None
 
-    >>> unknown_key_message("num_generation", ["num_generations", "beta"], "GRPOConfig")
-    "unknown key 'num_generation' in GRPOConfig; did you mean 'num_generations'?"
-    """
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(valid))}"
-    return f"unknown key {key!r} in {where}; {hint}"
 
+# report_to sink -> (the module it imports, the extra that installs it)
+SINK_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
 
 AlertAction = Literal["off", "warn", "stop", "rollback"]
 
@@ -245,8 +280,11 @@ class OptimConfig(Section):
     """Clip the global gradient norm to this value (0 turns clipping off)."""
     max_steps: int = Field(100, ge=1)
     """Number of training steps (see each trainer for what one step is)."""
-    logging_steps: int = Field(1, ge=1)
-    """Print a progress line every this many steps (metrics.jsonl gets every step)."""
+    logging_steps: int = Field(10, ge=1)
+    """When output is not a terminal (a log file, a pipe, CI), print a progress line (step, reward,
+    KL, seconds per step, ETA) every this many steps; a terminal shows a progress bar instead.
+    report_to: [console] adds a line of metrics at the same interval. metrics.jsonl gets every
+    step either way."""
     save_steps: int = Field(0, ge=0)
     """Write a checkpoint-N directory every this many steps (0: only the final model)."""
     save_total_limit: int | None = Field(None, ge=0)
@@ -258,8 +296,20 @@ class OptimConfig(Section):
     device: str = "auto"
     """'auto' picks CUDA when present, else CPU; or 'cpu', 'cuda', 'cuda:1'."""
     report_to: list[Literal["console", "tensorboard", "mlflow"]] = Field(default_factory=list)
-    """Metric sinks besides metrics.jsonl (always written): 'console' (a compact line every
-    logging_steps), 'tensorboard' (output_dir/tensorboard), 'mlflow' (see monitor)."""
+    """Metric sinks besides metrics.jsonl (always written): 'console' (a metrics line every
+    logging_steps), 'tensorboard' (output_dir/tensorboard; pip install 'grpokit[tensorboard]'),
+    'mlflow' (see monitor; pip install 'grpokit[mlflow]')."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _sinks_installed(cls, report_to: list[str]) -> list[str]:
+        for sink in report_to:
+            module, extra = SINK_PACKAGES.get(sink, (None, None))
+            if module is not None and importlib.util.find_spec(module) is None:
+                raise MissingDependencyError(f"report_to {sink!r} needs the {module!r} package, which is not "
+                                             f"installed: pip install 'grpokit[{extra}]'")
+        return report_to
+
     use_lora: bool = False
     """Train LoRA adapters (peft) instead of every weight. With beta > 0 the reference model is
     the same base with its adapters disabled, so no second copy is held. The final model is
@@ -354,6 +404,12 @@ class GRPOConfig(SamplingConfig):
     repeated one sample at a time, so a failure costs one call per sample."""
     importance_sampling_level: Literal["token", "sequence"] = "token"
     """Importance ratio per token (GRPO) or one length-normalised ratio per sequence (GSPO)."""
+    use_bias_correction_kl: bool = True
+    """Multiply the per-token KL term by the importance ratio (gradient included), as TRL does by
+    default (its name; DeepSeek-V3.2): the KL gradient is then the unbiased reverse-KL gradient,
+    log p - log p_ref per token, even on-policy where the ratio's value is 1 and the KL value
+    does not change. False gives DeepSeekMath's k3 gradient, 1 - p_ref/p. Only matters with
+    beta > 0."""
     mask_truncated_completions: bool = False
     """Leave completions that hit max_completion_length out of the loss."""
     process_reward: str | None = None
@@ -570,46 +626,55 @@ class RunConfig(Section):
     """Stages for `grpokit pipeline`."""
 
 
-def apply_override(tree: dict, dotted: str) -> None:
+Location = tuple  # a key path into the config tree: section names and list indices
+
+
+def apply_override(tree: dict, dotted: str) -> Location:
     """Apply ``"a.b=value"`` to a nested dict; the value is parsed as YAML. In a list of named
-    entries (pipeline stages) a key picks the entry with that ``name``.
+    entries (pipeline stages) a key picks the entry with that ``name``. Returns the key path it
+    set (list entries by index), so errors under it can name the override.
 
     >>> tree = {"grpo": {"beta": 0.0}, "stages": [{"name": "rm", "overrides": {}}]}
-    >>> apply_override(tree, "grpo.beta=0.04"); tree["grpo"]
-    {'beta': 0.04}
+    >>> apply_override(tree, "grpo.beta=0.04"), tree["grpo"]
+    (('grpo', 'beta'), {'beta': 0.04})
     >>> apply_override(tree, "stages.rm.overrides.rm.max_steps=5"); tree["stages"]
+    ('stages', 0, 'overrides', 'rm', 'max_steps')
     [{'name': 'rm', 'overrides': {'rm': {'max_steps': 5}}}]
     """
     if "=" not in dotted:
         raise ConfigError(f"override {dotted!r} is not of the form key.path=value")
     path, raw = dotted.split("=", 1)
     *parents, leaf = path.strip().split(".")
-    node = tree
+    node, location = tree, []
     for key in parents:
-        node = _child(node, key, dotted)
+        node, step = _child(node, key, dotted)
+        location.append(step)
     try:
         node[leaf] = yaml.safe_load(raw)
     except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer past 4,300 digits
         raise ConfigError(f"override {dotted!r}: the value is not valid YAML ({error})") from None
+    return (*location, leaf)
 
 
-def _child(node: dict | list, key: str, dotted: str) -> dict:
-    """The section ``key`` of ``node`` (created when absent), or the list entry named ``key``."""
+def _child(node: dict | list, key: str, dotted: str) -> tuple[dict, str | int]:
+    """The section ``key`` of ``node`` (created when absent), or the list entry named ``key``,
+    and how a key path names it (the key, or the entry's index)."""
     if isinstance(node, list):
-        named = [entry for entry in node if isinstance(entry, dict) and entry.get("name") == key]
+        named = [i for i, entry in enumerate(node) if isinstance(entry, dict) and entry.get("name") == key]
         if not named:
             names = [entry.get("name") for entry in node if isinstance(entry, dict)]
             raise ConfigError(f"override {dotted!r}: no entry named {key!r} (entries: {names})")
-        return named[0]
+        return node[named[0]], named[0]
     if node.get(key) is None:  # absent, or an empty YAML section
         node[key] = {}
     if not isinstance(node[key], (dict, list)):
         raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
-    return node[key]
+    return node[key], key
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run config (or defaults when ``path`` is None) and apply overrides."""
+    """Read a YAML run config (or defaults when ``path`` is None) and apply overrides; every
+    problem is reported at once, each naming the file or the override it comes from."""
     source = str(path) if path else "defaults"
     tree: dict = {}
     if path:
@@ -622,28 +687,82 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise ConfigError(f"config file {source!r} is not valid YAML: {error}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {source!r}: expected a mapping at the top level")
-    for dotted in overrides:
-        apply_override(tree, dotted)
-    return validate(RunConfig, tree, source)
+    set_by = {apply_override(tree, dotted): dotted for dotted in overrides}
+    return validate(RunConfig, tree, source, set_by)
 
 
-def validate(model: type[BaseModel], tree: dict, source: str) -> Any:
-    """Build ``model`` from ``tree``, turning validation errors into one clear ConfigError."""
+def validate(model: type[BaseModel], tree: dict, source: str,
+             set_by: dict[Location, str] | None = None) -> Any:
+    """Build ``model`` from ``tree``; validation errors become one ConfigError with a line per
+    problem. ``set_by`` maps the key paths that command-line overrides set to those overrides,
+    so a problem under one names the override instead of ``source``."""
     try:
         return model.model_validate(tree)
     except ValidationError as error:
-        raise ConfigError(f"{source}: " + describe(error)) from None
+        lines = problems(error, model, set_by or {}, source)
+        header, prefix = (source, f"{source}: ") if all(
+            line.startswith(f"{source}: ") for line in lines) else ("config", "")
+        body = [line.removeprefix(prefix) for line in lines]
+        if len(body) == 1:
+            raise ConfigError(body[0] if header == "config" else f"{header}: {body[0]}") from None
+        raise ConfigError(f"{header}: {len(body)} problems:\n  " + "\n  ".join(body)) from None
 
 
-def describe(error: ValidationError) -> str:
-    """One line per problem: ``key.path: message (got value)``."""
+def problems(error: ValidationError, model: type[BaseModel], set_by: dict[Location, str] | None = None,
+             source: str | None = None) -> list[str]:
+    """One line per problem, ``[source: ]key.path: message (got value)``; an unknown key gets
+    the nearest valid name of its section.
+
+    >>> try:
+    ...     RunConfig.model_validate({"grpo": {"num_generation": 4, "beta": -1}})
+    ... except ValidationError as error:
+    ...     for line in problems(error, RunConfig):
+    ...         print(line)
+    grpo.beta: Input should be greater than or equal to 0 (got -1)
+    grpo.num_generation: unknown key; did you mean 'num_generations'?
+    """
     lines = []
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        got = f" (got {item['input']!r})" if not isinstance(item["input"], dict) else ""
-        lines.append(f"{key}: {message}{got}")
-    return "; ".join(lines)
+        location = tuple(item["loc"])
+        key = _dotted(location)
+        if item["type"] == "extra_forbidden":
+            section = _model_at(model, location[:-1])
+            valid = list(section.model_fields) if section is not None else []
+            close = difflib.get_close_matches(str(location[-1]), valid, n=1, cutoff=0.5)
+            message = (f"unknown key; did you mean {close[0]!r}?" if close
+                       else f"unknown key; valid keys here: {', '.join(sorted(valid))}")
+        else:
+            hidden = isinstance(item["input"], dict) or model.model_config.get("hide_input_in_errors")
+            got = "" if hidden else f" (got {item['input']!r})"
+            message = item["msg"].removeprefix("Value error, ") + got
+        origin = _origin(location, set_by or {}) or source
+        lines.append(f"{origin}: {key}: {message}" if origin else f"{key}: {message}")
+    return lines
+
+
+def _dotted(location: Location) -> str:
+    """``('pipeline', 'stages', 1, 'type')`` -> ``'pipeline.stages[1].type'``."""
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _model_at(model: type[BaseModel], location: Location) -> type[BaseModel] | None:
+    """The section class at ``location`` (list indices skipped), or None past the sections."""
+    for part in location:
+        if isinstance(part, int):
+            continue
+        model = _section_of(model, part)
+        if model is None:
+            return None
+    return model
+
+
+def _origin(location: Location, set_by: dict[Location, str]) -> str | None:
+    """The override that set ``location`` or a section holding it (the most specific one)."""
+    covering = [path for path in set_by if location[: len(path)] == path or path[: len(location)] == location]
+    return f"override {set_by[max(covering, key=len)]!r}" if covering else None
 
 
 def write_resolved(config: BaseModel, output_dir: str | Path, name: str = "config.yaml") -> Path:

@@ -6,7 +6,7 @@ column is passed to reward functions as a keyword (see :func:`extra_columns`).
 SFT warm-up needs ``prompt`` + ``completion`` or a ``messages`` list.
 
 Row numbers in error messages are 0-based indices, the same index you would use
-with ``rows[i]`` or ``dataset[i]``.
+with ``rows[i]`` or ``dataset[i]``; rows of a JSON-lines file also name their line (1-based).
 
 >>> rows = load_rows([{"prompt": "2+2=", "answer": "4"}])
 >>> validate_prompt_rows(rows) is rows
@@ -20,17 +20,22 @@ True
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any, Iterator
+
+from grpokit.errors import DatasetError
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "DatasetError",
     "PROMPT_FORMATS",
     "PromptStream",
+    "Rows",
     "SUPPORTED_EXTENSIONS",
     "boxed_answer",
+    "encode_prompt",
     "extra_columns",
     "gsm8k_answer",
     "is_conversational",
@@ -47,11 +52,21 @@ SUPPORTED_EXTENSIONS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parq
 _PROMPT_EXPECTED = "expected a string or a list of chat messages"
 
 
-class DatasetError(ValueError):
-    """A dataset row is missing a column or holds a value of the wrong shape."""
-
-
 # ----------------------------------------------------------------------------- loading
+
+
+class Rows(list):
+    """Rows read from a file: a list of dicts that remembers where they came from, so errors can
+    name the file and, for JSON lines, the line of each row."""
+
+    def __init__(self, rows, source: str, lines: list[int] | None = None):
+        super().__init__(rows)
+        self.source, self.lines = source, lines
+
+    def where(self, index: int) -> str:
+        """``"data.jsonl row 2 (line 3)"``."""
+        line = f" (line {self.lines[index]})" if self.lines and index < len(self.lines) else ""
+        return f"{self.source} row {index}{line}"
 
 
 def load_rows(source: Any) -> list[dict]:
@@ -64,13 +79,15 @@ def load_rows(source: Any) -> list[dict]:
             written by ``Dataset.save_to_disk``.
 
     Returns:
-        A new list of dicts, one per row.
+        A new list of dicts, one per row (a :class:`Rows` for files).
 
     >>> load_rows([{"prompt": "hi"}])
     [{'prompt': 'hi'}]
     """
     if isinstance(source, (str, Path)):
         return _load_path(Path(source))
+    if isinstance(source, Rows):  # keeps naming its file in errors
+        return Rows(_check_dict_rows(source), source.source, source.lines)
     if isinstance(source, (list, tuple)):
         return _check_dict_rows(source)
     import datasets
@@ -96,26 +113,84 @@ def _check_dict_rows(rows: list | tuple) -> list[dict]:
     return [dict(row) for row in rows]
 
 
-def _load_path(path: Path) -> list[dict]:
-    """Read a data file or a ``save_to_disk`` directory with ``datasets``."""
-    import datasets
+def _load_path(path: Path) -> Rows:
+    """Read a data file or a ``save_to_disk`` directory.
 
+    JSON and JSON lines are read here, one ``json.loads`` per line, so that an error names its
+    line and a row without a column stays without it (``datasets`` fills missing keys with
+    None); CSV, parquet and ``save_to_disk`` directories are read with ``datasets``.
+    """
     if not path.exists():
-        raise FileNotFoundError(f"load_rows: no such file or directory: '{path}'")
+        where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+        raise DatasetError(f"data file '{path}' does not exist{where}; expected a .jsonl, .json, .csv or "
+                           f".parquet file or a save_to_disk directory")
     if path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            loaded = _pick_split(loaded, f"load_rows('{path}')")
-        return loaded.to_list()
+        return Rows(_read_with_datasets(path, None), str(path))
     builder = SUPPORTED_EXTENSIONS.get(path.suffix.lower())
     if builder is None:
         supported = ", ".join(SUPPORTED_EXTENSIONS)
-        raise ValueError(
-            f"load_rows: cannot read '{path}': unknown extension '{path.suffix}'; "
-            f"supported: {supported}, or a save_to_disk directory"
-        )
-    dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
-    return dataset.to_list()
+        raise DatasetError(f"cannot read '{path}': unknown extension '{path.suffix}'; supported: "
+                           f"{supported}, or a save_to_disk directory")
+    if builder == "json":
+        rows, lines = _read_json(path)
+    else:
+        rows, lines = _read_with_datasets(path, builder), None
+    if not rows:
+        raise DatasetError(f"data file '{path}' holds no rows; expected one row per line (.jsonl) "
+                           f"or a list of objects (.json)" if builder == "json" else
+                           f"data file '{path}' holds no rows")
+    return Rows(rows, str(path), lines)
+
+
+def _read_json(path: Path) -> tuple[list[dict], list[int] | None]:
+    """Rows of a JSON file (a list of objects) or of JSON lines (one object per line), and for
+    JSON lines the line number of each row."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"'{path}' is not valid JSON: {error.msg} at line {error.lineno}, "
+                               f"column {error.colno}") from None
+        return [_json_row(row, path, f"item {i}") for i, row in enumerate(rows)], None
+    rows, lines = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"'{path}' line {number} is not valid JSON ({error.msg} at column "
+                               f"{error.colno}): {_short(line, 120)}; expected one JSON object per line") from None
+        rows.append(_json_row(row, path, f"line {number}"))
+        lines.append(number)
+    return rows, lines
+
+
+def _json_row(row: Any, path: Path, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise DatasetError(f"'{path}' {where} is a JSON {type(row).__name__} ({_short(row, 80)}); "
+                           f"expected an object such as {{\"prompt\": \"...\", \"answer\": \"...\"}}")
+    return row
+
+
+def _read_with_datasets(path: Path, builder: str | None) -> list[dict]:
+    """Rows of a CSV or parquet file (``builder``) or a ``save_to_disk`` directory (None)."""
+    import datasets
+
+    try:
+        if builder is None:
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                loaded = _pick_split(loaded, f"load_rows('{path}')")
+        else:
+            loaded = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except DatasetError:
+        raise
+    except Exception as error:  # whatever the reader says about a file it cannot parse
+        raise DatasetError(f"cannot read '{path}' with datasets ({type(error).__name__}: "
+                           f"{_short(str(error), 300)})") from error
+    return loaded.to_list()
 
 
 def _pick_split(dataset_dict: Any, where: str) -> Any:
@@ -178,26 +253,49 @@ def _value_problem(value: Any) -> str | None:
     return f"is {type(value).__name__} ({_short(value, 80)})"
 
 
-def _check_value(row: dict, key: str, index: int, source_name: str) -> None:
-    """Raise DatasetError unless ``row[key]`` is a string or a valid message list."""
-    if key not in row:
-        found = ", ".join(map(str, row)) or "none"
-        raise DatasetError(
-            f"{source_name} row {index}: no '{key}' column (found columns: {found}); "
-            f"{_PROMPT_EXPECTED}"
-        )
+def _check_value(row: dict, key: str, where: str) -> None:
+    """Raise DatasetError unless ``row[key]`` is a string or a valid message list (a key that
+    is absent or None, as ``datasets`` fills missing keys, counts as missing)."""
+    if row.get(key) is None:
+        found = ", ".join(k for k, v in row.items() if v is not None) or "none"
+        raise DatasetError(f"{where}: no '{key}' column (found columns: {found}); "
+                           f"{_PROMPT_EXPECTED}{format_hint(row, key)}")
     problem = _value_problem(row[key])
     if problem is not None:
-        raise DatasetError(f"{source_name} row {index}: '{key}' {problem}; {_PROMPT_EXPECTED}")
+        raise DatasetError(f"{where}: '{key}' {problem}; {_PROMPT_EXPECTED}")
+
+
+def format_hint(row: dict, key: str = "prompt") -> str:
+    """What a row without ``prompt`` probably is, and how to read it.
+
+    >>> format_hint({"question": "2+2?", "answer": "#### 4"})
+    "; the row looks like GSM8K (question, answer): set data.format: gsm8k in the config (grpokit.data.to_prompt_rows(rows, 'gsm8k') in Python)"
+    """
+    if key != "prompt":
+        return ""
+    present = {k for k, v in row.items() if v is not None}
+    for name, (question, solution, _, _) in PROMPT_FORMATS.items():
+        if {question, solution} <= present:
+            label = "GSM8K" if name == "gsm8k" else "MATH"
+            return (f"; the row looks like {label} ({question}, {solution}): set data.format: {name} in "
+                    f"the config (grpokit.data.to_prompt_rows(rows, {name!r}) in Python)")
+    if "messages" in present:
+        return "; a 'messages' column is what SFT reads (grpokit sft); GRPO needs a 'prompt' per row"
+    return ""
+
+
+def _where(rows: list[dict], index: int, source_name: str) -> str:
+    return rows.where(index) if isinstance(rows, Rows) else f"{source_name} row {index}"
 
 
 def _check_rows_container(rows: Any, source_name: str) -> None:
     """Raise DatasetError if ``rows`` is empty or holds a non-dict."""
+    name = rows.source if isinstance(rows, Rows) else source_name
     if len(rows) == 0:
-        raise DatasetError(f"{source_name} is empty; expected at least one row")
+        raise DatasetError(f"{name} is empty; expected at least one row")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise DatasetError(f"{source_name} row {i}: is {type(row).__name__}; expected a dict")
+            raise DatasetError(f"{_where(rows, i, source_name)}: is {type(row).__name__}; expected a dict")
 
 
 def validate_prompt_rows(rows: list[dict], source_name: str = "dataset") -> list[dict]:
@@ -206,11 +304,11 @@ def validate_prompt_rows(rows: list[dict], source_name: str = "dataset") -> list
     >>> validate_prompt_rows([{"question": "2+2?", "answer": "4"}])
     Traceback (most recent call last):
     ...
-    grpokit.data.DatasetError: dataset row 0: no 'prompt' column (found columns: question, answer); expected a string or a list of chat messages
+    grpokit.errors.DatasetError: dataset row 0: no 'prompt' column (found columns: question, answer); expected a string or a list of chat messages; the row looks like GSM8K (question, answer): set data.format: gsm8k in the config (grpokit.data.to_prompt_rows(rows, 'gsm8k') in Python)
     """
     _check_rows_container(rows, source_name)
     for i, row in enumerate(rows):
-        _check_value(row, "prompt", i, source_name)
+        _check_value(row, "prompt", _where(rows, i, source_name))
     return rows
 
 
@@ -228,22 +326,21 @@ def validate_sft_rows(rows: list[dict], source_name: str = "dataset") -> list[di
     [{'prompt': [{'role': 'user', 'content': 'hi'}], 'completion': [{'role': 'assistant', 'content': 'hello'}]}]
     """
     _check_rows_container(rows, source_name)
-    return [_normalize_sft_row(row, i, source_name) for i, row in enumerate(rows)]
+    return [_normalize_sft_row(row, _where(rows, i, source_name)) for i, row in enumerate(rows)]
 
 
-def _normalize_sft_row(row: dict, index: int, source_name: str) -> dict:
+def _normalize_sft_row(row: dict, where: str) -> dict:
     """Return ``{"prompt", "completion"}`` for one SFT row, raising DatasetError."""
-    where = f"{source_name} row {index}"
-    if "prompt" not in row and "messages" in row:
+    if row.get("prompt") is None and row.get("messages") is not None:
         return _split_messages(row["messages"], where)
-    if "prompt" not in row or "completion" not in row:
-        found = ", ".join(map(str, row)) or "none"
+    if row.get("prompt") is None or row.get("completion") is None:
+        found = ", ".join(k for k, v in row.items() if v is not None) or "none"
         raise DatasetError(
             f"{where}: expected 'prompt' and 'completion' columns or a 'messages' column "
             f"(found columns: {found})"
         )
-    _check_value(row, "prompt", index, source_name)
-    _check_value(row, "completion", index, source_name)
+    _check_value(row, "prompt", where)
+    _check_value(row, "completion", where)
     if isinstance(row["prompt"], str) != isinstance(row["completion"], str):
         kinds = [("a string" if isinstance(row[k], str) else "a message list") for k in ("prompt", "completion")]
         raise DatasetError(
@@ -295,6 +392,30 @@ def render_prompt(prompt: str | list[dict], tokenizer: Any) -> str:
             f"prompts cannot be rendered; set tokenizer.chat_template or use string prompts"
         )
     return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompt(prompt: str | list[dict], tokenizer: Any, where: str) -> list[int]:
+    """Token ids of the rendered prompt; a :class:`DatasetError` naming ``where`` when the text
+    holds characters the tokenizer has no token for (they would silently become its unknown
+    token, e.g. ``é`` for the embedded default's character vocabulary).
+
+    >>> from grpokit.models import build_char_tokenizer
+    >>> encode_prompt("sum a1:", build_char_tokenizer(), "row 0")[:3]
+    [35, 37, 29]
+    >>> encode_prompt("café", build_char_tokenizer(), "row 3")
+    Traceback (most recent call last):
+    ...
+    grpokit.errors.DatasetError: row 3: the tokenizer has no token for 'é', which would become '<pad>'; remove or replace those characters (the embedded default reads digits, ASCII letters, punctuation, space and newline)
+    """
+    text = render_prompt(prompt, tokenizer)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if unknown is not None and unknown in ids and tokenizer.unk_token not in text:
+        missing = sorted({c for c in text if tokenizer(c, add_special_tokens=False)["input_ids"] == [unknown]})
+        raise DatasetError(f"{where}: the tokenizer has no token for {''.join(missing)!r}, which would become "
+                           f"{tokenizer.unk_token!r}; remove or replace those characters (the embedded default "
+                           f"reads digits, ASCII letters, punctuation, space and newline)")
+    return ids
 
 
 def extra_columns(rows: list[dict]) -> list[str]:
@@ -435,11 +556,11 @@ def to_prompt_rows(rows: list[dict], format: str = "gsm8k", system_prompt: str |
                 found = ", ".join(map(str, row)) or "none"
                 problem = (f"no '{key}' column (found columns: {found})" if key not in row
                            else f"'{key}' is {type(row[key]).__name__} ({_short(row[key], 80)})")
-                raise DatasetError(f"{source_name} row {i}: {problem}; "
+                raise DatasetError(f"{_where(rows, i, source_name)}: {problem}; "
                                    f"{format} rows need '{question_key}' and '{solution_key}' strings")
         final = extract(row[solution_key])
         if final is None:
-            raise DatasetError(f"{source_name} row {i}: cannot find the final answer in '{solution_key}' "
+            raise DatasetError(f"{_where(rows, i, source_name)}: cannot find the final answer in '{solution_key}' "
                                f"({_short(row[solution_key], 120)}); expected {expected}")
         out.append({"prompt": _question_prompt(row[question_key], system_prompt, chat), "answer": final.strip()})
     return out

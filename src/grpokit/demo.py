@@ -10,8 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from grpokit.config import RunConfig, load_config, write_resolved
-from grpokit.pipeline import run_pipeline
-from grpokit.trainers.common import write_summary
 
 METRICS = ("pass@1", "greedy_accuracy", "maj@k", "pass@k", "format_rate", "mean_completion_length",
            "reward_model_score")
@@ -37,16 +35,26 @@ def results_table(stages: list[dict]) -> Table:
     return table
 
 
-def run_demo(output_dir: str | Path = "runs/demo", overrides: list[str] = (),
-             show_progress: bool = True, console: Console | None = None) -> dict:
-    """Run the demo pipeline (finished stages are skipped); print and return the summary."""
-    console, out, started = console or Console(), Path(output_dir), time.perf_counter()
-    cfg = demo_config(out, overrides)
+def run_demo(cfg: RunConfig, show_progress: bool = True, console: Console | None = None,
+             resume: bool = False) -> dict:
+    """Run the demo pipeline ``cfg`` (:func:`demo_config`; finished stages are skipped, and with
+    ``resume`` an interrupted one continues from its checkpoint); print and return the summary.
+
+    ``seconds`` in the summary is the time of all stages, summed over the runs that did them
+    (a rerun that skips finished stages does not replace it); ``wall_seconds`` is this run's.
+    """
+    from grpokit.pipeline import run_pipeline
+    from grpokit.trainers.common import write_summary
+
+    console, out, started = console or Console(), Path(cfg.pipeline.output_dir), time.perf_counter()
     write_resolved(cfg, out, "run_config.yaml")
-    summary = run_pipeline(cfg, show_progress, announce=lambda line: console.print(f"[bold]{line}[/bold]"))
+    summary = run_pipeline(cfg, show_progress, announce=lambda line: console.print(f"[bold]{line}[/bold]"),
+                           resume=resume)
     console.print(results_table(summary["stages"]))
-    summary.update(seconds=time.perf_counter() - started, k=cfg.eval.num_samples,
+    summary.update(seconds=sum(stage.get("seconds") or 0.0 for stage in summary["stages"]),
+                   wall_seconds=time.perf_counter() - started, k=cfg.eval.num_samples,
                    num_problems=cfg.eval.num_problems)
     write_summary(out, summary)
-    console.print(f"done in {summary['seconds']:.0f} s; summary: {out / 'summary.json'}")
+    console.print(f"done in {summary['wall_seconds']:.0f} s (all stages: {summary['seconds']:.0f} s); "
+                  f"summary: {out / 'summary.json'}")
     return summary

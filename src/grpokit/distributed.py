@@ -32,6 +32,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from grpokit.errors import Terminated
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -71,10 +73,6 @@ class Ranks:
     def row_offset(self, local_rows: int) -> int:
         """The global index of this rank's first row, every rank holding ``local_rows``."""
         return self.rank * local_rows
-
-
-class Terminated(RuntimeError):
-    """This process got SIGTERM: torchrun stops every process when one of them fails."""
 
 
 def raise_on_sigterm() -> None:
@@ -168,6 +166,42 @@ def sum_across(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, tensor.tolist()))
 
 
+def stats_across(values: dict[str, float]) -> dict[str, float]:
+    """Loss statistics combined over ranks: keys ending in ``_min`` take the minimum, ``_max``
+    the maximum, the others the sum; unchanged on a single process."""
+    if not ranks().enabled or not values:
+        return dict(values)
+    combined = sum_across({k: v for k, v in values.items() if not k.endswith(("_min", "_max"))})
+    for suffix, op in (("_min", dist.ReduceOp.MIN), ("_max", dist.ReduceOp.MAX)):
+        keys = sorted(k for k in values if k.endswith(suffix))
+        if keys:
+            tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                                  device=_collective_device())
+            dist.all_reduce(tensor, op=op)
+            combined.update(zip(keys, tensor.tolist()))
+    return combined
+
+
+def add_stats(totals: dict[str, float], stats: dict) -> dict[str, float]:
+    """One micro-batch's statistics folded into ``totals`` (``_min``/``_max`` keys by min/max,
+    the rest summed).
+
+    >>> add_stats({"n_sum": 2.0, "a_max": 0.5}, {"n_sum": 1.0, "a_max": 0.25})
+    {'n_sum': 3.0, 'a_max': 0.5}
+    """
+    for key, value in stats.items():
+        value = float(value)
+        if key not in totals:
+            totals[key] = value
+        elif key.endswith("_min"):
+            totals[key] = min(totals[key], value)
+        elif key.endswith("_max"):
+            totals[key] = max(totals[key], value)
+        else:
+            totals[key] += value
+    return totals
+
+
 def any_across(flag: bool) -> bool:
     """True when ``flag`` is True on any rank."""
     if not ranks().enabled:
@@ -211,9 +245,9 @@ def combine_metrics(per_rank: list[dict]) -> dict:
         leaf = key.rsplit("/", 1)[-1]
         if not isinstance(first, (int, float)) or isinstance(first, bool):
             combined[key] = first
-        elif leaf == "min" or leaf.startswith("min_"):
+        elif leaf == "min" or leaf.startswith("min_") or leaf.endswith("_min"):
             combined[key] = min(values)
-        elif leaf == "max" or leaf.startswith("max_") or key.startswith("time/"):
+        elif leaf == "max" or leaf.startswith("max_") or leaf.endswith("_max") or key.startswith("time/"):
             combined[key] = max(values)
         elif key.endswith("_per_s"):
             combined[key] = sum(values)

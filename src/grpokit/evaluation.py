@@ -6,7 +6,8 @@ sampling temperature and one greedy completion. A completion is correct when the
 
 - ``pass@1`` — the mean over problems of (correct samples / k): sampled accuracy (R1 §3);
 - ``pass@k`` — the unbiased estimator of Chen et al. (2021) with n = k;
-- ``maj@k`` — the majority-voted answer of the k samples is correct (self-consistency);
+- ``maj@k`` — the majority-voted answer of the k samples is correct (self-consistency), answers
+  grouped by the same equality as correctness (``12`` and ``12.0`` vote together);
 - ``greedy_accuracy`` — the greedy completion is correct;
 - ``format_rate`` and ``mean_completion_length`` — over the sampled completions.
 """
@@ -19,9 +20,9 @@ from pathlib import Path
 import torch
 
 from grpokit.config import EvalConfig
-from grpokit.data import render_prompt
+from grpokit.data import encode_prompt
 from grpokit.evaluation_math import maj_at_k, mean_pass_at_k
-from grpokit.monitoring import progress_bar
+from grpokit.monitoring import ProgressReport
 from grpokit.rewards.rules import answers_match, extract_answer, is_well_formatted
 from grpokit.rollout import SamplingParams, generate
 
@@ -29,8 +30,7 @@ from grpokit.rollout import SamplingParams, generate
 def sample_texts(model, tokenizer, prompts: list, group_size: int, params: SamplingParams,
                  batch_prompts: int, generator: torch.Generator, on_batch=None):
     """``group_size`` completions (texts, token-id lists) for each prompt, in prompt order."""
-    ids = [tokenizer(render_prompt(p, tokenizer), add_special_tokens=False)["input_ids"]
-           for p in prompts]
+    ids = [encode_prompt(p, tokenizer, f"prompt {i}") for i, p in enumerate(prompts)]
     texts, completion_ids = [], []
     for start in range(0, len(ids), batch_prompts):
         rollout = generate(model, ids[start : start + batch_prompts], group_size, params,
@@ -56,7 +56,7 @@ def score_problems(texts: list[str], greedy: list[str], answers: list, k: int) -
         group = texts[i * k : (i + 1) * k]
         correct = [answers_match(extract_answer(t), answer) for t in group]
         per_problem.append((k, sum(correct)))
-        majority.append(maj_at_k([extract_answer(t) for t in group], correct))
+        majority.append(maj_at_k([extract_answer(t) for t in group], correct, same=answers_match))
     return {
         "pass@1": mean_pass_at_k(per_problem, 1),
         "pass@k": mean_pass_at_k(per_problem, k),
@@ -78,13 +78,13 @@ def evaluate(model, tokenizer, rows: list[dict], cfg: EvalConfig, show_progress:
     generator = torch.Generator(device).manual_seed(cfg.seed)
     sampled = SamplingParams(cfg.max_completion_length, cfg.temperature, cfg.top_p)
     greedy_params = SamplingParams(cfg.max_completion_length, temperature=0.0)
-    with progress_bar("eval", disable=not show_progress) as bar:
-        task = bar.add_task("eval", total=2 * len(rows), status=f"k={cfg.num_samples}")
-        advance = lambda n: bar.update(task, advance=n)  # noqa: E731
+    with ProgressReport("eval: sampling", len(rows), status=f"k={cfg.num_samples}", unit="problem",
+                        disable=not show_progress) as bar:
         texts, completion_ids = sample_texts(model, tokenizer, prompts, cfg.num_samples, sampled,
-                                      cfg.batch_prompts, generator, advance)
+                                             cfg.batch_prompts, generator, lambda n: bar.update(advance=n))
+    with ProgressReport("eval: greedy", len(rows), unit="problem", disable=not show_progress) as bar:
         greedy, _ = sample_texts(model, tokenizer, prompts, 1, greedy_params,
-                                 cfg.batch_prompts, generator, advance)
+                                 cfg.batch_prompts, generator, lambda n: bar.update(advance=n))
     metrics = score_problems(texts, greedy, answers, cfg.num_samples)
     metrics["mean_completion_length"] = sum(map(len, completion_ids)) / len(completion_ids)
     if samples_path is not None:

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from grpokit.distributed import local_device
+from grpokit.errors import ModelLoadError
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 REASONING_TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
@@ -32,10 +33,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-
-
-class ModelLoadError(ValueError):
-    """A model path that is not a transformers model directory."""
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -60,8 +57,8 @@ def build_char_tokenizer(extra_tokens: tuple[str, ...] = REASONING_TAGS) -> PreT
     backend.decoder = decoders.Fuse()
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in extra_tokens])
     backend.add_special_tokens(specials)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, bos_token=BOS
+    tokenizer = PreTrainedTokenizerFast(  # characters outside the vocabulary map to PAD (its unk)
+        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, bos_token=BOS, unk_token=PAD
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -103,8 +100,9 @@ def check_model_dir(path: str | Path) -> Path:
     """Raise :class:`ModelLoadError` unless ``path`` holds a saved transformers model."""
     path = Path(path)
     if not path.is_dir():
-        raise ModelLoadError(f"model path {str(path)!r} is not a directory; expected a "
-                             "save_pretrained model directory (config.json + weights)")
+        where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+        raise ModelLoadError(f"model path {str(path)!r} is not a directory{where}; expected a "
+                             "save_pretrained model directory (config.json + weights), or model: embedded")
     if not (path / "config.json").is_file():
         found = sorted(p.name for p in path.iterdir())[:10]
         raise ModelLoadError(f"model path {str(path)!r} has no config.json, so it is not a "
@@ -112,15 +110,30 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
+def load_pretrained(cls, path: str | Path, what: str = "model", **kwargs):
+    """``cls.from_pretrained(path, **kwargs)``; any failure (a truncated or garbage weights file,
+    a broken config.json, an unknown architecture) becomes a :class:`ModelLoadError` naming the
+    directory, its files and what the loader said."""
+    path = check_model_dir(path)
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except Exception as error:  # the loader's own reason, whatever the file
+        files = ", ".join(f"{p.name} ({p.stat().st_size:,} bytes)" for p in sorted(path.iterdir())
+                          if p.is_file())
+        raise ModelLoadError(f"cannot load the {what} in {str(path)!r}: {type(error).__name__}: "
+                             f"{str(error)[:300]}. Its files: {files}. A file may be truncated or "
+                             f"not written by save_pretrained; save the model again") from error
+
+
 def load_model(path: str | Path, device: torch.device | None = None) -> PreTrainedModel:
     """Load a causal LM from a local directory in float32 (bfloat16 stays opt-in)."""
-    model = AutoModelForCausalLM.from_pretrained(check_model_dir(path), dtype=torch.float32)
+    model = load_pretrained(AutoModelForCausalLM, path, dtype=torch.float32)
     return model.to(device or pick_device())
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local directory and make sure it can pad."""
-    tokenizer = AutoTokenizer.from_pretrained(check_model_dir(path))
+    tokenizer = load_pretrained(AutoTokenizer, path, "tokenizer")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from grpokit.config import RunConfig, StageSpec, validate
+from grpokit.errors import ConfigError, StageStopped
 from grpokit.distributed import local_only, main_first, ranks, setup
 from grpokit.stages import base_model, resume_point, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
 
@@ -30,9 +31,6 @@ POLICY_STAGES = ("sft", "grpo", "ppo")
 DISTRIBUTED_STAGES = ("sft", "grpo")  # run on every process under torchrun
 WAIT_POLL_SECONDS = 2.0
 
-
-class StageStopped(RuntimeError):
-    """A stage ended early (an alert's stop action), so the pipeline halts after it."""
 
 STATE_FILE = "pipeline_state.json"
 # stage type -> (runner, the config section whose output_dir the stage owns)
@@ -71,7 +69,7 @@ def substitute(value: Any, outputs: dict[str, str], where: str) -> Any:
         for name, output in outputs.items():
             value = value.replace("${" + name + "}", output)
         if "${" in value:
-            raise ValueError(f"pipeline {where}: {value!r} names a stage that has not run before it; "
+            raise ConfigError(f"pipeline {where}: {value!r} names a stage that has not run before it; "
                              f"finished stages: {', '.join(outputs) or 'none'}")
     return value
 
@@ -79,16 +77,16 @@ def substitute(value: Any, outputs: dict[str, str], where: str) -> Any:
 def check_stages(stages: list[StageSpec]) -> None:
     """Names unique; ``init``/``data_from`` name earlier stages of the right type."""
     if not stages:
-        raise ValueError("pipeline.stages is empty; list the stages to run (see `grpokit pipeline --help`)")
+        raise ConfigError("pipeline.stages is empty; list the stages to run (see `grpokit pipeline --help`)")
     seen: dict[str, str] = {}
     for spec in stages:
         if spec.name in seen:
-            raise ValueError(f"pipeline.stages: two stages are named {spec.name!r}; names must be unique")
+            raise ConfigError(f"pipeline.stages: two stages are named {spec.name!r}; names must be unique")
         if spec.init not in ("previous", "base") and spec.init not in seen:
-            raise ValueError(f"pipeline stage {spec.name!r}: init={spec.init!r} is not 'previous', 'base' "
+            raise ConfigError(f"pipeline stage {spec.name!r}: init={spec.init!r} is not 'previous', 'base' "
                              f"or an earlier stage ({', '.join(seen) or 'none'})")
         if spec.data_from is not None and seen.get(spec.data_from) != "rejection_sample":
-            raise ValueError(f"pipeline stage {spec.name!r}: data_from={spec.data_from!r} must name an "
+            raise ConfigError(f"pipeline stage {spec.name!r}: data_from={spec.data_from!r} must name an "
                              f"earlier rejection_sample stage")
         seen[spec.name] = spec.type
 
@@ -155,7 +153,7 @@ def run_stage(cfg: RunConfig, spec: StageSpec, state: dict[str, dict], init: Pat
     """Train (or sample) one stage, evaluate it, and record it in the state (rank 0 only);
     return the new state."""
     outputs = {name: done["output"] for name, done in state.items()}
-    stage_cfg = stage_config(cfg, spec, outputs, out / spec.name)
+    stage_cfg, started = stage_config(cfg, spec, outputs, out / spec.name), time.perf_counter()
     with nullcontext() if spec.type in DISTRIBUTED_STAGES else local_only():
         result = RUNNERS[spec.type][0](stage_cfg, init, show_progress, resume)
     if not ranks().is_main:
@@ -165,7 +163,8 @@ def run_stage(cfg: RunConfig, spec: StageSpec, state: dict[str, dict], init: Pat
     if spec.type in POLICY_STAGES and spec.evaluate:
         with local_only():
             evaluation = run_eval(stage_cfg, result, out / f"eval-{spec.name}", show_progress)
-    state = {**state, spec.name: {"type": spec.type, "output": str(result), "eval": evaluation}}
+    state = {**state, spec.name: {"type": spec.type, "output": str(result), "eval": evaluation,
+                                  "seconds": time.perf_counter() - started}}
     save_state(out, state)
     return state
 
@@ -194,7 +193,7 @@ def score_evaluations(cfg: RunConfig, out: Path, state: dict[str, dict]) -> None
 
     rm_stage = state.get(cfg.pipeline.score_with)
     if rm_stage is None or rm_stage["type"] != "rm":
-        raise ValueError(f"pipeline.score_with={cfg.pipeline.score_with!r} is not a finished rm stage")
+        raise ConfigError(f"pipeline.score_with={cfg.pipeline.score_with!r} is not a finished rm stage")
     scorer = RewardModelScorer(rm_stage["output"], device=cfg.eval.device)
     for name, done in state.items():
         if not done.get("eval"):
@@ -213,7 +212,8 @@ def write_pipeline_summary(out: Path, cfg: RunConfig, state: dict[str, dict]) ->
     from grpokit.trainers.common import write_summary
 
     stages = [{"name": spec.name, "type": spec.type, "output": state[spec.name]["output"],
-               "eval": state[spec.name]["eval"]} for spec in cfg.pipeline.stages]
+               "eval": state[spec.name]["eval"], "seconds": state[spec.name].get("seconds")}
+              for spec in cfg.pipeline.stages]
     summary = {"stage": "pipeline", "stages": stages}
     write_summary(out, summary)
     return summary

@@ -27,9 +27,10 @@ import torch
 
 from grpokit.config import SampleConfig
 from grpokit.data import extra_columns, validate_prompt_rows
+from grpokit.errors import ConfigError
 from grpokit.evaluation import sample_texts
 from grpokit.models import load_model, load_tokenizer, pick_device
-from grpokit.monitoring import progress_bar
+from grpokit.monitoring import ProgressReport
 from grpokit.rewards import RewardBatch, resolve_reward, reward_name, score_completions
 from grpokit.rollout import SamplingParams
 from grpokit.trainers.common import write_summary
@@ -115,7 +116,7 @@ def check_thresholds(min_rewards: dict[str, float], names: list[str]) -> None:
     """Every thresholded reward must be one of the configured reward functions."""
     unknown = sorted(set(min_rewards) - set(names))
     if unknown:
-        raise ValueError(f"sample.min_rewards: {', '.join(unknown)} not among the configured rewards "
+        raise ConfigError(f"sample.min_rewards: {', '.join(unknown)} not among the configured rewards "
                          f"({', '.join(names)}); add them to 'rewards' or remove the threshold")
 
 
@@ -133,10 +134,9 @@ def rejection_sample(model_dir: str | Path, rows: list[dict], reward_specs: list
     generator = torch.Generator(device).manual_seed(cfg.seed)
     params = SamplingParams(cfg.max_completion_length, cfg.temperature, cfg.top_p)
     k = cfg.num_samples
-    with progress_bar("sample", disable=not show_progress) as bar:
-        task = bar.add_task("sample", total=len(rows), status=f"k={k}")
+    with ProgressReport("sample", len(rows), status=f"k={k}", unit="prompt", disable=not show_progress) as bar:
         texts, ids = sample_texts(model, tokenizer, [r["prompt"] for r in rows], k, params,
-                                  cfg.batch_prompts, generator, lambda n: bar.update(task, advance=n))
+                                  cfg.batch_prompts, generator, lambda n: bar.update(advance=n))
     columns = {c: [r.get(c) for r in rows] for c in extra_columns(rows)}
     scores = score_completions(funcs, [r["prompt"] for r in rows], texts, ids, columns)
     candidates = _candidates(rows, texts, scores, k)

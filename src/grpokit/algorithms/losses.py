@@ -209,56 +209,95 @@ def policy_loss(
     epsilon_high: float,
     beta: float = 0.0,
     importance_sampling_level: str = "token",
+    use_bias_correction_kl: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted clipped-surrogate loss plus optional k3 KL penalty.
 
-    loss = sum(weights * (clipped_surrogate + beta * k3_kl)); the KL term is used
-    only when beta > 0 and ``ref_logp`` is given. Which algorithm this is depends
-    on the weights: loss_type "grpo" = GRPO (DeepSeekMath), "dapo" = DAPO (with
-    epsilon_high > epsilon_low, beta = 0), "dr_grpo" = Dr. GRPO (with
-    advantages scale "none", beta = 0); importance_sampling_level "sequence" = GSPO.
+    loss = sum(weights * (clipped_surrogate + beta * kl)); the KL term is used only when
+    beta > 0 and ``ref_logp`` is given. Which algorithm this is depends on the weights:
+    loss_type "grpo" = GRPO (DeepSeekMath), "dapo" = DAPO (with epsilon_high > epsilon_low,
+    beta = 0), "dr_grpo" = Dr. GRPO (with advantages scale "none", beta = 0);
+    importance_sampling_level "sequence" = GSPO.
+
+    With ``use_bias_correction_kl`` (TRL's name; DeepSeek-V3.2) the per-token k3 value is
+    multiplied by the importance ratio, gradient included, so the KL gradient is the unbiased
+    reverse-KL gradient for samples from the old policy: on-policy (ratio 1) the value is
+    unchanged but d(kl)/d(logp) becomes ``logp - ref_logp`` instead of ``1 - ref_p/p``.
 
     Args:
         inputs: see ``PolicyLossInputs``.
         epsilon_low, epsilon_high: clip range [1 - epsilon_low, 1 + epsilon_high].
         beta: KL coefficient.
         importance_sampling_level: "token" or "sequence".
+        use_bias_correction_kl: multiply the KL term by the importance ratio.
 
     Returns:
-        (loss scalar, metrics). Metrics are detached sums over valid tokens so the
-        trainer can add them across micro-batches: "tokens", "kl_sum" (0 without
-        ref_logp), "clip_low_sum" (ratio < 1 - eps_low and A < 0), "clip_high_sum"
-        (ratio > 1 + eps_high and A > 0), "clip_region_sum" (either).
+        (loss scalar, metrics). Metrics are detached so the trainer can combine micro-batches:
+        sums ``tokens``, ``kl_sum`` (the KL term as used, 0 without ref_logp) and the clip
+        counts with TRL's definitions, over ``clip_units_sum`` units (valid tokens at token
+        level, sequences at sequence level): ``clip_low_sum`` (ratio < 1 - eps_low and A < 0),
+        ``clip_high_sum`` (ratio > 1 + eps_high and A > 0), ``clip_region_sum`` (either); and
+        ``clip_low_min`` / ``clip_high_max``, the smallest / largest per-sequence clipped
+        fraction.
 
-    Example (one group of 3 one-token completions, on-policy so ratio = 1):
-        >>> lp = torch.zeros(3, 1)
+    Example (one group of 3 one-token completions, on-policy so ratio = 1: the loss is
+    -sum(weights * A) = -(1.0 - 0.5 - 0.8) / 3 = 0.1, and its gradient is -A / 3 per token):
+        >>> lp = torch.zeros(3, 1, requires_grad=True)
         >>> m = torch.ones(3, 1)
-        >>> x = PolicyLossInputs(lp, lp, torch.tensor([1.0, -0.5, -0.5]), m, token_weights(m, "grpo"))
+        >>> x = PolicyLossInputs(lp, lp.detach(), torch.tensor([1.0, -0.5, -0.8]), m, token_weights(m, "grpo"))
         >>> loss, metrics = policy_loss(x, epsilon_low=0.2, epsilon_high=0.2)
-        >>> round(loss.item(), 6), metrics["tokens"].item()
-        (0.0, 3.0)
+        >>> loss.backward()
+        >>> round(loss.item(), 6), [round(g, 4) for g in lp.grad.flatten().tolist()], metrics["tokens"].item()
+        (0.1, [-0.3333, 0.1667, 0.2667], 3.0)
     """
     mask = inputs.mask.to(inputs.logp.dtype)  # (B, T)
     ratio = importance_ratio(inputs.logp, inputs.old_logp, mask, importance_sampling_level)  # (B, T)
     per_token = clipped_surrogate(ratio, inputs.advantages, epsilon_low, epsilon_high)  # (B, T)
     kl = k3_kl(inputs.logp, inputs.ref_logp) if inputs.ref_logp is not None else None  # (B, T)
+    if kl is not None and use_bias_correction_kl:
+        kl = kl * ratio  # (B, T), the ratio keeps its gradient (TRL: per_token_kl * coef_1)
     if kl is not None and beta > 0:
         per_token = per_token + beta * kl  # (B, T)
     loss = (per_token * inputs.weights).sum()  # ()
-    metrics = _clip_metrics(ratio.detach(), inputs.advantages.detach(), mask, epsilon_low, epsilon_high)
+    metrics = clip_metrics(ratio.detach(), inputs.advantages.detach(), mask, epsilon_low, epsilon_high,
+                           sequence_level=importance_sampling_level == "sequence")
+    metrics["tokens"] = mask.sum()
     metrics["kl_sum"] = (kl.detach() * mask).sum() if kl is not None else mask.new_zeros(())
     return loss, metrics
 
 
-def _clip_metrics(ratio: Tensor, advantages: Tensor, mask: Tensor, epsilon_low: float, epsilon_high: float) -> dict[str, Tensor]:
-    """Counts of valid tokens whose surrogate is clipped (TRL definitions)."""
+def clip_metrics(ratio: Tensor, advantages: Tensor, mask: Tensor, epsilon_low: float,
+                 epsilon_high: float, sequence_level: bool = False) -> dict[str, Tensor]:
+    """How often the surrogate is clipped, as TRL counts it: low = ratio below 1 - eps_low with
+    A < 0, high = ratio above 1 + eps_high with A > 0, over valid tokens, or over sequences at
+    sequence level (one ratio per sequence); and the per-sequence clipped fractions' extremes.
+
+    Example (two completions of 2 tokens; row 0's second token is clipped high; at sequence
+    level each row is one unit):
+        >>> ratio, m = torch.tensor([[1.0, 1.5], [1.0, 1.0]]), torch.ones(2, 2)
+        >>> t = clip_metrics(ratio, torch.tensor([1.0, 1.0]), m, 0.2, 0.2)
+        >>> t["clip_high_sum"].item(), t["clip_units_sum"].item(), t["clip_high_max"].item()
+        (1.0, 4.0, 0.5)
+        >>> s = clip_metrics(torch.tensor([[1.5, 1.5], [1.0, 1.0]]), torch.tensor([1.0, 1.0]), m, 0.2, 0.2, True)
+        >>> s["clip_high_sum"].item(), s["clip_units_sum"].item()
+        (1.0, 2.0)
+    """
     valid = mask > 0  # (B, T)
     adv = per_token(advantages)  # (B, 1) or (B, T)
     low = (ratio < 1 - epsilon_low) & (adv < 0) & valid  # (B, T)
     high = (ratio > 1 + epsilon_high) & (adv > 0) & valid  # (B, T)
+    lengths = mask.sum(-1).clamp(min=1)  # (B,)
+    if sequence_level:  # every valid token of a row has the row's ratio: count rows
+        units = mask.new_tensor(float(mask.shape[0]))
+        low_rows, high_rows = low.any(-1).to(mask.dtype), high.any(-1).to(mask.dtype)  # (B,)
+        counts = (low_rows.sum(), high_rows.sum(), (low_rows.bool() | high_rows.bool()).sum().to(mask.dtype))
+        low_frac, high_frac = low_rows, high_rows
+    else:
+        units = mask.sum()
+        counts = (low.sum().to(mask.dtype), high.sum().to(mask.dtype), (low | high).sum().to(mask.dtype))
+        low_frac, high_frac = low.sum(-1) / lengths, high.sum(-1) / lengths  # (B,)
     return {
-        "tokens": mask.sum(),
-        "clip_low_sum": low.sum().to(mask.dtype),
-        "clip_high_sum": high.sum().to(mask.dtype),
-        "clip_region_sum": (low | high).sum().to(mask.dtype),
+        "clip_units_sum": units,
+        "clip_low_sum": counts[0], "clip_high_sum": counts[1], "clip_region_sum": counts[2],
+        "clip_low_min": low_frac.min().to(mask.dtype), "clip_high_max": high_frac.max().to(mask.dtype),
     }

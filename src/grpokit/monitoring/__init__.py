@@ -2,7 +2,8 @@
 which imports the evaluation that imports this package)."""
 
 from grpokit.monitoring.alerts import RULES, Alert, StepRecord
-from grpokit.monitoring.sinks import SINKS, MetricsWriter, SinkOptions, progress_bar, register_sink
+from grpokit.monitoring.progress import ProgressReport
+from grpokit.monitoring.sinks import SINKS, MetricsWriter, SinkOptions, register_sink
 
-__all__ = ["RULES", "SINKS", "Alert", "MetricsWriter", "SinkOptions", "StepRecord", "progress_bar",
+__all__ = ["RULES", "SINKS", "Alert", "MetricsWriter", "ProgressReport", "SinkOptions", "StepRecord",
            "register_sink"]

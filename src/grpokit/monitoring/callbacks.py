@@ -12,9 +12,9 @@ from contextlib import nullcontext
 
 from rich import get_console
 
-from grpokit.checkpoint import CheckpointError
 from grpokit.config import EvalConfig, MonitorConfig
-from grpokit.data import DatasetError, validate_prompt_rows
+from grpokit.data import validate_prompt_rows
+from grpokit.errors import CheckpointError, ConfigError, DatasetError
 from grpokit.distributed import gather_lists, ranks
 from grpokit.evaluation import evaluate
 from grpokit.monitoring.alerts import Alert, StepRecord, build_rules
@@ -65,6 +65,8 @@ class CompletionsLog:
     to the sinks' text views under ``text/completions``. For trainers that sample (GRPO, PPO:
     their batches have ``rollout``, ``rewards`` and ``advantages``)."""
 
+    run_files = ("completions.jsonl",)  # cut back to the checkpoint on resume
+
     def __init__(self, every: int, count: int):
         self.every, self.count, self.file = every, count, RunFile("completions.jsonl")
 
@@ -91,6 +93,8 @@ class AlertMonitor:
     that asked for it, or stops training when ``max_rollbacks`` are used up or there is no
     checkpoint. A rule that fired stays silent for ``alerts.cooldown_steps`` steps.
     """
+
+    run_files = ("alerts.jsonl",)  # cut back to the checkpoint on resume
 
     def __init__(self, config: MonitorConfig):
         self.rules = build_rules(config.alerts)
@@ -189,7 +193,7 @@ def monitor_callbacks(config: MonitorConfig, eval_rows: list[dict] | None = None
     callbacks = []
     if config.eval_steps:
         if not eval_rows:
-            raise ValueError("monitor.eval_steps is set but no held-out rows were given")
+            raise ConfigError("monitor.eval_steps is set but no held-out rows were given")
         settings = (eval_config or EvalConfig()).model_copy(
             update={"num_problems": config.eval_num_problems})
         callbacks.append(PeriodicEval(eval_rows, settings, config.eval_steps))

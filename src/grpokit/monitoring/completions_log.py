@@ -77,7 +77,8 @@ class RunFile:
     """A JSON-lines file in a run's output directory that grows as the run goes.
 
     Attached at the first step a callback sees: a run starting at step 1 replaces an old file
-    of the same name, a resumed run appends to it.
+    of the same name; a resumed run appends to it, after the trainer has cut it back to the
+    checkpoint's step (``TrainingLoop.run_files``).
     """
 
     def __init__(self, name: str):

@@ -33,18 +33,29 @@ class PlotSpec:
     ylabel: str
     stacked: bool = False
     """Stack the series (parts of a whole, such as the step time split)."""
+    kinds: tuple[str, ...] | None = None
+    """The run kinds (summary.json 'stage': sft, grpo, ppo, rm) that log these metrics; None: all."""
+
+    def applies_to(self, kind: str | None) -> bool:
+        return self.kinds is None or kind is None or kind in self.kinds
+
+
+SAMPLING = ("grpo", "ppo")  # the runs that sample and score completions
 
 
 PLOTS: tuple[PlotSpec, ...] = (
-    PlotSpec("reward", "Reward per function", r"(?:process_)?reward/(?:[^/]+/)?mean", "mean reward"),
+    PlotSpec("reward", "Reward per function", r"(?:process_)?reward/(?:[^/]+/)?mean", "mean reward",
+             kinds=SAMPLING),
     PlotSpec("eval", "Held-out accuracy", r"eval/(?:pass@\w+|maj@\w+|greedy_accuracy|format_rate|accuracy)",
              "fraction"),
     PlotSpec("loss", "Loss", r"loss|loss/.+|train/loss", "loss"),
-    PlotSpec("kl", "KL to the reference", r"kl|policy/approx_kl", "KL"),
-    PlotSpec("entropy", "Entropy", r"entropy", "nats per token"),
-    PlotSpec("length", "Completion length", r"completion/(?:mean|min|max)_length", "tokens"),
-    PlotSpec("clip", "Clip ratios", r"clip_ratio/.+", "fraction of tokens"),
-    PlotSpec("time", "Step time split", r"time/(?:generate|score|reference|train)", "seconds", stacked=True),
+    PlotSpec("kl", "KL to the reference", r"kl|policy/approx_kl", "KL", kinds=SAMPLING),
+    PlotSpec("entropy", "Entropy", r"entropy", "nats per token", kinds=SAMPLING),
+    PlotSpec("length", "Completion length", r"completion/(?:mean|min|max)_length", "tokens", kinds=SAMPLING),
+    PlotSpec("clip", "Clip ratios", r"clip_ratio/.+", "fraction of tokens (of sequences under GSPO)",
+             kinds=SAMPLING),
+    PlotSpec("time", "Step time split", r"time/(?:generate|score|reference|train)", "seconds", stacked=True,
+             kinds=SAMPLING),
 )
 
 #: Held-out metrics in [0, 1] that the per-stage bar chart compares.

@@ -7,8 +7,9 @@ report has one section per run or stage with its plots (:data:`grpokit.monitorin
 a plot whose metrics were never logged is named as skipped), its summary and its config;
 then the alerts and the resolved run config. The PNGs are written next to the page and also
 embedded in it as data URIs, so ``report.html`` can be mailed or archived alone. Config
-values under keys that look like credentials (``key``, ``token``, ``secret``, ``password``,
-``webhook``) and passwords inside URLs are shown as ``***``.
+values under keys that end like credentials (``key``, ``token``, ``secret``, ``password``,
+``webhook_url``; not ``*_env`` keys, which only name an environment variable) and passwords
+inside URLs are shown as ``***``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from typing import Any
 
 import yaml
 
+from grpokit.errors import RunFilesError
 from grpokit.monitoring.plots import PLOTS, plot_png, stage_eval_png
 
 __all__ = ["redact", "load_jsonl", "find_runs", "write_report"]
 
-SECRET_KEY = re.compile(r"key|token|secret|password|webhook", re.IGNORECASE)  # a webhook URL is a credential
+# keys whose values are credentials (a webhook URL carries one); *_env keys only NAME a variable
+SECRET_KEY = re.compile(r"(?:key|token|secret|password|passwd|webhook_url)$", re.IGNORECASE)
 URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")  # https://user:pass@host
 CONFIG_FILES = ("run_config.yaml", "config.yaml")  # the whole run tree first, else the trainer's section
 
@@ -47,11 +50,13 @@ class RunSection:
 
 
 def redact(tree: Any) -> Any:
-    """``tree`` with every value under a key naming a key, token, secret, password or webhook set
-    to ``***``, and the user:password part of URLs too.
+    """``tree`` with every value under a key ending in key, token, secret, password or
+    webhook_url set to ``***``, and the user:password part of URLs too.
 
     >>> redact({"judge": {"api_key": "sk-1", "model": "m"}, "rewards": [{"Token": 3}], "lr": 1})
     {'judge': {'api_key': '***', 'model': 'm'}, 'rewards': [{'Token': '***'}], 'lr': 1}
+    >>> redact({"webhook_timeout": 5.0, "api_key_env": "JUDGE_KEY", "max_tokens": 64})
+    {'webhook_timeout': 5.0, 'api_key_env': 'JUDGE_KEY', 'max_tokens': 64}
     >>> redact({"tracking_uri": "https://me:pw@mlflow.local/x"})
     {'tracking_uri': 'https://***@mlflow.local/x'}
     """
@@ -75,9 +80,9 @@ def load_jsonl(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: line {number} is not JSON ({error.msg}); expected one object per line") from None
+            raise RunFilesError(f"{path}: line {number} is not JSON ({error.msg}); expected one object per line") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {number} is {type(row).__name__}; expected a JSON object")
+            raise RunFilesError(f"{path}: line {number} is {type(row).__name__}; expected a JSON object")
         rows.append(row)
     return rows
 
@@ -88,7 +93,7 @@ def _load_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        raise RunFilesError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
 
 
 def _load_section(name: str, directory: Path, kind: str | None = None) -> RunSection:
@@ -111,7 +116,7 @@ def find_runs(run_dir: Path) -> tuple[list[RunSection], list[dict]]:
     sections = [_load_section(s["name"], run_dir / s["name"], s.get("type"))
                 for s in stages if (run_dir / s["name"]).is_dir()]
     if not sections:
-        raise ValueError(f"{run_dir}: no metrics.jsonl and no pipeline stages (summary.json 'stages' or "
+        raise RunFilesError(f"{run_dir}: no metrics.jsonl and no pipeline stages (summary.json 'stages' or "
                          f"run_config.yaml 'pipeline.stages'); expected a training run or pipeline directory")
     return sections, stages
 
@@ -137,7 +142,7 @@ def _load_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from None
+        raise RunFilesError(f"{path}: not valid YAML ({error})") from None
 
 
 def _config_text(directory: Path) -> tuple[Path, str] | None:
@@ -196,7 +201,7 @@ def _anchor(name: str) -> str:
 def _section_html(section: RunSection, plots_dir: Path) -> str:
     """One run's plots (PNG files written to ``plots_dir``), skipped plots, summary and config."""
     figures, skipped = [], []
-    for spec in PLOTS:
+    for spec in (s for s in PLOTS if s.applies_to(section.kind)):
         png = plot_png(spec, section.rows)
         if png is None:
             skipped.append(spec.title)
@@ -280,7 +285,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ValueError(f"report: {run_dir} is not a directory; expected a training run or pipeline directory")
+        raise RunFilesError(f"report: {run_dir} is not a directory; expected a training run or pipeline directory")
     out = Path(out) if out is not None else run_dir / "report.html"
     plots_dir = out.parent / "report_plots"
     plots_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from rich import get_console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class Sink(Protocol):
@@ -33,6 +32,7 @@ class SinkOptions:
     """What sinks need besides the output directory (``MetricsWriter.from_args`` fills it)."""
 
     logging_steps: int = 1  # the console prints every this many steps
+    resume_step: int | None = None  # the checkpoint's step when the run resumes (or rolls back)
     mlflow_tracking_uri: str | None = None  # None: a file store in output_dir/mlruns
     mlflow_experiment: str = "grpokit"
     params: dict[str, Any] = field(default_factory=dict)  # the resolved config, flattened
@@ -72,9 +72,9 @@ class MetricsWriter:
                       *(SINKS[name](out, options, resume) for name in report_to)]
 
     @classmethod
-    def from_args(cls, args, resume: bool = False) -> MetricsWriter:
+    def from_args(cls, args, resume: bool = False, resume_step: int | None = None) -> MetricsWriter:
         """The writer a trainer's config (an ``OptimConfig``) asks for."""
-        options = SinkOptions(args.logging_steps, args.monitor.mlflow_tracking_uri,
+        options = SinkOptions(args.logging_steps, resume_step, args.monitor.mlflow_tracking_uri,
                               args.monitor.mlflow_experiment, flatten(args.model_dump()))
         return cls(args.output_dir, args.report_to, resume, options)
 
@@ -145,12 +145,15 @@ class ConsoleSink:
 
 @register_sink("tensorboard")
 class TensorBoardSink:
-    """Scalars and text in ``output_dir/tensorboard``."""
+    """Scalars and text in ``output_dir/tensorboard``. A resumed run purges what an earlier
+    attempt logged after the checkpoint's step (TensorBoard's ``purge_step``), so no step shows
+    twice."""
 
     def __init__(self, output_dir: Path, options: SinkOptions, resume: bool):
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(output_dir / "tensorboard"))
+        purge = options.resume_step + 1 if resume and options.resume_step is not None else None
+        self._writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         for key, value in scalars.items():
@@ -244,16 +247,3 @@ class MLflowSink:
 
     def close(self) -> None:
         self._client.set_terminated(self.run_id)
-
-
-def progress_bar(description: str, disable: bool = False) -> Progress:
-    """A rich progress bar with a free-text status column (``fields['status']``)."""
-    return Progress(
-        TextColumn(f"[bold]{description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        disable=disable,
-        transient=False,
-    )

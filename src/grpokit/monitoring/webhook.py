@@ -9,6 +9,8 @@ import urllib.request
 
 from rich import get_console
 
+from grpokit.errors import ConfigError
+
 
 def webhook_url(url: str | None, url_env: str | None) -> str | None:
     """The configured URL, else the one in the environment variable named ``url_env``.
@@ -19,7 +21,7 @@ def webhook_url(url: str | None, url_env: str | None) -> str | None:
     if url or not url_env:
         return url
     if url_env not in os.environ:
-        raise ValueError(f"monitor.webhook_url_env names {url_env!r}, which is not set in the "
+        raise ConfigError(f"monitor.webhook_url_env names {url_env!r}, which is not set in the "
                          "environment; set it to the webhook URL or remove the key")
     return os.environ[url_env]
 

@@ -35,7 +35,8 @@ from typing import Any, Literal, Sequence
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from grpokit.config import Section
+from grpokit.config import Section, validate
+from grpokit.errors import JudgeError
 from grpokit.distributed import ranks
 from grpokit.rewards.judge_cache import ReplyCache
 from grpokit.rewards.rules import completion_text
@@ -71,10 +72,6 @@ _ANY_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _RUBRIC_FIELDS = ("prompt", "completion", "answer")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ERROR_BODY_CHARS = 300
-
-
-class JudgeError(RuntimeError):
-    """A judge request that failed, or a judge that cannot be set up."""
 
 
 class JudgeConfig(Section):
@@ -275,7 +272,7 @@ class LLMJudge:
     """
 
     def __init__(self, config: JudgeConfig | dict[str, Any]):
-        self.config = config if isinstance(config, JudgeConfig) else JudgeConfig(**config)
+        self.config = config if isinstance(config, JudgeConfig) else validate(JudgeConfig, dict(config), "judge")
         self.__name__ = "judge"
         self._url = f"{self.config.base_url}/chat/completions"
         self._api_key = _read_api_key(self.config.api_key_env)
@@ -446,7 +443,8 @@ def judge_reward(prompts, completions, *, base_url: str, model: str, **kwargs) -
     call. Each distinct configuration builds one judge, reused on every later call.
     """
     options = {key: kwargs.pop(key) for key in list(kwargs) if key in JudgeConfig.model_fields}
-    judge = judge_for_config(JudgeConfig(base_url=base_url, model=model, **options))
+    judge = judge_for_config(validate(JudgeConfig, {"base_url": base_url, "model": model, **options},
+                                      "reward 'judge'"))
     return judge(prompts, completions, **kwargs)
 
 

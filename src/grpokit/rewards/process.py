@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from grpokit.data import render_prompt
-from grpokit.models import check_model_dir, load_tokenizer
+from grpokit.models import ModelLoadError, load_pretrained, load_tokenizer
 from grpokit.rewards.rules import answers_match, completion_text, extract_answer
 from grpokit.rewards.scoring import _build_kwargs, _is_number, resolve_reward, reward_name
 from grpokit.tasks.digit_sum import LABELS, parse_digits, running_sums
@@ -141,10 +141,10 @@ class ProcessRewardModel:
 
     def __init__(self, path: str | Path, device: torch.device | None = None, batch_size: int = 16):
         self.device = device or torch.device("cpu")
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            check_model_dir(path), dtype=torch.float32).to(self.device).eval()
+        self.model = load_pretrained(AutoModelForSequenceClassification, path, "process reward model",
+                                     dtype=torch.float32).to(self.device).eval()
         if self.model.config.num_labels != 1:
-            raise ValueError(f"process reward model {str(path)!r} has num_labels="
+            raise ModelLoadError(f"process reward model {str(path)!r} has num_labels="
                              f"{self.model.config.num_labels}; expected 1 (one score per text)")
         self.tokenizer = load_tokenizer(path)
         self.model.config.pad_token_id = self.tokenizer.pad_token_id  # finds each row's last token

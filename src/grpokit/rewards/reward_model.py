@@ -24,7 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from grpokit.data import is_conversational
-from grpokit.models import ModelLoadError, check_model_dir, load_tokenizer, pick_device
+from grpokit.models import ModelLoadError, load_pretrained, load_tokenizer, pick_device
 from grpokit.rewards.rules import completion_text, extract_answer
 from grpokit.rewards.scoring import register_reward
 
@@ -46,8 +46,7 @@ def is_sequence_classifier(architectures: Sequence[str] | None) -> bool:
 
 def load_reward_model(path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """Load a saved reward model (a sequence classifier with one output) in eval mode."""
-    path = check_model_dir(path)
-    config = AutoConfig.from_pretrained(path)
+    config = load_pretrained(AutoConfig, path, "reward model's config")
     if not is_sequence_classifier(config.architectures) or config.num_labels != 1:
         found = ", ".join(config.architectures or ["no architectures"])
         raise ModelLoadError(
@@ -55,7 +54,7 @@ def load_reward_model(path: str | Path, device: torch.device, dtype: torch.dtype
             f"expected an AutoModelForSequenceClassification with num_labels=1 (train one from a "
             f"causal LM with `grpokit rm`)"
         )
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+    model = load_pretrained(AutoModelForSequenceClassification, path, "reward model", dtype=dtype)
     return model.to(device).eval()
 
 

@@ -13,8 +13,9 @@ does not apply to this sample". :func:`score_completions` calls each function wi
 
 A function that raises is called again one sample at a time to find the samples it fails on
 (so a failing batch of N costs N more calls). With ``on_error="raise"`` (the default) the first
-failing sample's exception propagates with a note naming the function, the sample and its
-prompt; with ``on_error="skip"`` those samples get None from that function and
+failing sample raises a :class:`~grpokit.errors.RewardFunctionError` naming the function, the
+line of it that raised, the sample, its prompt and its completion (the function's own exception
+is its ``__cause__``); with ``on_error="skip"`` those samples get None from that function and
 ``RewardBatch.errors`` counts them (logged as ``reward/<name>/errors``).
 
 >>> def length(prompts, completions, **kwargs):
@@ -34,6 +35,7 @@ tensor([2., 4.])
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import inspect
@@ -48,6 +50,8 @@ import numpy as np
 import torch
 
 from grpokit.data import is_conversational
+from grpokit.errors import ConfigError, RewardFunctionError
+from grpokit.imports import import_object, user_frame
 
 __all__ = [
     "REWARD_REGISTRY",
@@ -71,10 +75,6 @@ REWARD_REGISTRY: dict[str, RewardFunc] = {}
 
 _RESERVED_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state")
 _NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-
-
-class RewardFunctionError(ValueError):
-    """A reward function returned something other than one finite number/None per completion."""
 
 
 @dataclass
@@ -267,19 +267,19 @@ def _call_per_sample(fn: RewardFunc, name: str, kwargs: dict[str, Any], on_error
             output = fn(**one)
         except Exception as error:
             if on_error == "raise":
-                _add_note(error, f"(raised inside reward function '{name}' on sample {i} of {n}, called by "
-                                 f"grpokit score_completions; GRPO's reward_errors: skip scores such "
-                                 f"samples None instead)\n{_sample(kwargs, i)}")
-                raise
+                raise RewardFunctionError(
+                    f"reward function '{name}' raised {type(error).__name__}: {_truncate(str(error))}"
+                    f"{user_frame(error)} on sample {i} of {n}\n{_sample(kwargs, i)}\n{_FIX}") from error
             failed.append((i, error))
             values.append(math.nan)
         else:
             values.extend(_validate_output(output, name, one))
     if not failed:
         if on_error == "raise":  # only the whole batch fails: nothing to skip, so raise that
-            _add_note(batch_error, f"(raised inside reward function '{name}' on a batch of {n} samples, "
-                                   f"called by grpokit score_completions; each sample alone scored fine)")
-            raise batch_error
+            raise RewardFunctionError(
+                f"reward function '{name}' raised {type(batch_error).__name__}: {_truncate(str(batch_error))}"
+                f"{user_frame(batch_error)} on a batch of {n} samples, though each sample alone scored "
+                f"fine (does it assume a batch size?)") from batch_error
         logger.warning("reward function '%s' raised on a batch of %d samples (%s: %s) but not on any "
                        "sample alone; scored them one at a time", name, n, type(batch_error).__name__,
                        batch_error)
@@ -290,10 +290,8 @@ def _call_per_sample(fn: RewardFunc, name: str, kwargs: dict[str, Any], on_error
     return values, len(failed)
 
 
-def _add_note(error: Exception, note: str) -> None:
-    """Attach ``note`` to the exception's report (Python >= 3.11; a no-op before)."""
-    if hasattr(error, "add_note"):
-        error.add_note(note)
+_FIX = ("Fix the function, or set reward_errors: skip (GRPOConfig.reward_errors) to score the samples it "
+        "raises on None for it (counted as reward/<name>/errors); --debug shows the traceback.")
 
 
 # -------------------------------------------------------------------------- validation
@@ -433,7 +431,7 @@ def _qualname(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', reward_name(fn))}"
 
 
-def resolve_reward(spec: RewardFunc | str | Mapping[str, Any]) -> RewardFunc:
+def resolve_reward(spec: RewardFunc | str | Mapping[str, Any], where: str = "reward") -> RewardFunc:
     """Turn a registered name, an import path ``"pkg.module:function"`` or a mapping into a callable.
 
     Callables are returned unchanged. On a registry miss, the modules of the
@@ -441,6 +439,8 @@ def resolve_reward(spec: RewardFunc | str | Mapping[str, Any]) -> RewardFunc:
     themselves) before giving up. A mapping ``{"name": ..., **options}`` binds keyword
     options with ``functools.partial`` (see :func:`reward_options` for which are accepted);
     an optional ``alias`` names the reward in metrics, e.g. for two configurations of one function.
+    ``where`` names the setting in errors (``"rewards[1]"``); every error is a
+    :class:`~grpokit.errors.ConfigError` saying what to write instead.
 
     >>> resolve_reward("math:sqrt")(16.0)
     4.0
@@ -451,38 +451,39 @@ def resolve_reward(spec: RewardFunc | str | Mapping[str, Any]) -> RewardFunc:
     if callable(spec):
         return spec
     if isinstance(spec, Mapping):
-        return _resolve_mapping(spec)
+        return _resolve_mapping(spec, where)
     if not isinstance(spec, str):
-        raise TypeError(f"resolve_reward: expected a callable, a string or a mapping with a 'name' key, "
-                        f"found {type(spec).__name__} ({spec!r})")
+        raise ConfigError(f"{where}: expected a reward name, 'package.module:function' or a mapping with a "
+                          f"'name' key, found {type(spec).__name__} ({spec!r})")
     if ":" in spec:
-        return _import_path(spec)
+        return import_object(spec, where)
     if spec not in REWARD_REGISTRY:
         _import_builtin_rewards()
     if spec not in REWARD_REGISTRY:
-        registered = ", ".join(sorted(REWARD_REGISTRY)) or "none"
-        raise ValueError(
-            f"resolve_reward: unknown reward '{spec}'; registered rewards: {registered}. "
-            f"To use your own function, pass it directly or give its import path as "
-            f"'package.module:function_name'"
+        close = difflib.get_close_matches(spec, list(REWARD_REGISTRY), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"{where}: unknown reward {spec!r}; {hint}registered rewards: {', '.join(sorted(REWARD_REGISTRY))}. "
+            f"A function of your own is named by its import path, 'package.module:function' (a module "
+            f"in the working directory works: 'myrewards:my_reward')"
         )
     return REWARD_REGISTRY[spec]
 
 
-def _resolve_mapping(spec: Mapping[str, Any]) -> RewardFunc:
+def _resolve_mapping(spec: Mapping[str, Any], where: str) -> RewardFunc:
     """``{"name": ..., "alias": ..., **options}`` -> the named reward with ``options`` bound."""
     options = dict(spec)
     name = options.pop("name", None)
     if not isinstance(name, str) or not name:
         found = ", ".join(map(str, spec)) or "none"
-        raise ValueError(f"resolve_reward: a reward mapping needs a 'name' key holding a registered name or "
-                         f"'package.module:function' (found keys: {found}), e.g. "
-                         f"{{name: soft_overlong, max_length: 512, cache_length: 128}}")
+        raise ConfigError(f"{where}: a reward mapping needs a 'name' key holding a registered name or "
+                          f"'package.module:function' (found keys: {found}), e.g. "
+                          f"{{name: soft_overlong, max_length: 512, cache_length: 128}}")
     alias = options.pop("alias", None)
     if alias is not None and (not isinstance(alias, str) or not alias):
-        raise ValueError(f"resolve_reward: reward '{name}' has alias {alias!r}; expected a non-empty string")
-    fn = resolve_reward(name)
-    _check_options(fn, name, options)
+        raise ConfigError(f"{where}: reward '{name}' has alias {alias!r}; expected a non-empty string")
+    fn = resolve_reward(name, where)
+    _check_options(fn, name, options, where)
     if not options and alias is None:
         return fn
     bound = functools.partial(fn, **options)
@@ -510,39 +511,25 @@ def reward_options(fn: Any) -> list[str] | None:
     return named + [k for k in getattr(fn, "reward_options", ()) if k not in named]
 
 
-def _check_options(fn: RewardFunc, name: str, options: dict[str, Any]) -> None:
-    """Raise ValueError naming the reward when ``options`` has unknown keys or lacks required ones."""
+def _check_options(fn: RewardFunc, name: str, options: dict[str, Any], where: str) -> None:
+    """Raise ConfigError naming the reward when ``options`` has unknown keys or lacks required ones."""
     accepted = reward_options(fn)
     if accepted is None:
         return
     listed = ", ".join(accepted) or "none"
     unknown = [k for k in options if k not in accepted]
     if unknown:
-        raise ValueError(f"reward '{name}' got unknown option(s) {', '.join(map(repr, unknown))}; "
-                         f"it accepts: {listed} (and 'alias' for the metric name)")
+        close = [difflib.get_close_matches(k, accepted, n=1) for k in unknown]
+        hints = "".join(f" ({k!r}: did you mean {c[0]!r}?)" for k, c in zip(unknown, close) if c)
+        raise ConfigError(f"{where}: reward '{name}' got unknown option(s) {', '.join(map(repr, unknown))}"
+                          f"{hints}; it accepts: {listed} (and 'alias' for the metric name)")
     required = [p.name for p in inspect.signature(fn).parameters.values()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
     missing = [k for k in required if k not in options]
     if missing:
-        raise ValueError(f"reward '{name}' needs option(s) {', '.join(map(repr, missing))}; it accepts: {listed}")
-
-
-def _import_path(spec: str) -> RewardFunc:
-    """Import ``"pkg.module:attr.path"`` and return the callable it names."""
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise ValueError(f"resolve_reward: bad import path '{spec}'; expected 'package.module:function_name'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(f"resolve_reward('{spec}'): cannot import module '{module_name}': {exc}") from exc
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"resolve_reward('{spec}'): '{module_name}' has no attribute '{attr_path}'")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TypeError(f"resolve_reward('{spec}'): '{attr_path}' is {type(obj).__name__}, not callable")
-    return obj
+        example = ", ".join(f"{k}: ..." for k in missing)
+        raise ConfigError(f"{where}: reward '{name}' needs option(s) {', '.join(map(repr, missing))}; write it "
+                          f"as a mapping, {{name: {name}, {example}}} (it accepts: {listed})")
 
 
 @functools.cache

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpokit.config import OptimConfig
 from grpokit.distributed import setup
+from grpokit.errors import ConfigError
 from grpokit.models import load_model, load_tokenizer, pick_device
 
 
@@ -35,7 +36,7 @@ def resolve_model(
         tokenizer = tokenizer or load_tokenizer(model)
         model = load_model(model, device)
     elif tokenizer is None:
-        raise ValueError("a model object was given without processing_class: pass its tokenizer")
+        raise ConfigError("a model object was given without processing_class: pass its tokenizer")
     else:
         model = model.to(device)
     if tokenizer.pad_token_id is None:

@@ -43,8 +43,9 @@ from grpokit.algorithms import (
     token_weights,
 )
 from grpokit.config import GRPOConfig
-from grpokit.distributed import gather_rows, reduce_metrics, sum_across
+from grpokit.distributed import add_stats, gather_rows, reduce_metrics, stats_across
 from grpokit.engines import shard
+from grpokit.errors import ConfigError
 from grpokit.rewards import RewardBatch, reward_metrics, score_completions
 from grpokit.rewards.process import resolve_process_reward, score_steps
 from grpokit.rollout import Rollout
@@ -90,13 +91,13 @@ class GRPOTrainer(RolloutTrainer):
         self.args = args = args or GRPOConfig()
         self.init_rewards(reward_funcs, train_dataset, "GRPOTrainer")
         if not self.reward_funcs and args.process_reward is None:
-            raise ValueError("GRPOTrainer needs at least one reward function (or args.process_reward)")
+            raise ConfigError("GRPOTrainer needs at least one reward function (or args.process_reward)")
         self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
                                                                 peft_config)
         # the reference: none without KL; the base with adapters off under LoRA; else a copy
         self.ref_model = self._frozen_copy() if args.beta > 0 and not is_peft(self.model) else None
         if args.ref_model_sync_steps and self.ref_model is None:
-            raise ValueError("ref_model_sync_steps needs its own reference model: set beta > 0 and "
+            raise ConfigError("ref_model_sync_steps needs its own reference model: set beta > 0 and "
                              "train without LoRA (under LoRA the reference is the adapter-free base)")
         self.process_reward = (resolve_process_reward(args.process_reward, self.device)
                                if args.process_reward else None)
@@ -109,10 +110,10 @@ class GRPOTrainer(RolloutTrainer):
 
     def check_shardable(self) -> None:
         if is_peft(self.model):
-            raise ValueError("distributed: fsdp2 does not train LoRA adapters here; LoRA models fit "
+            raise ConfigError("distributed: fsdp2 does not train LoRA adapters here; LoRA models fit "
                              "one device, so use distributed: ddp")
         if self.args.ref_model_sync_steps:
-            raise ValueError("distributed: fsdp2 does not support ref_model_sync_steps; use ddp")
+            raise ConfigError("distributed: fsdp2 does not support ref_model_sync_steps; use ddp")
 
     # ----------------------------------------------------------------- one step, as data
     def sample_and_score(self, rows: list[dict], timings: dict) -> StepBatch:
@@ -189,10 +190,8 @@ class GRPOTrainer(RolloutTrainer):
         plan = self.micro_batches(batch.rollout)
         for index, micro in enumerate(plan):
             with self.engine.micro_batch(last=index == len(plan) - 1):
-                stats = self.micro_batch_pass(batch, micro)
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + float(value)
-        totals = sum_across(totals)  # this rank's shares of the global loss and token sums
+                add_stats(totals, self.micro_batch_pass(batch, micro))
+        totals = stats_across(totals)  # this rank's shares of the global loss and token sums
         totals["grad_norm"], totals["problem"] = clip_and_step(
             self.model, self.optimizer, self.scheduler, args.max_grad_norm, totals["loss"])
         return totals
@@ -212,7 +211,8 @@ class GRPOTrainer(RolloutTrainer):
         loss, stats = policy_loss(inputs, epsilon_low=args.epsilon,
                                   epsilon_high=args.epsilon_high or args.epsilon,
                                   beta=args.beta,
-                                  importance_sampling_level=args.importance_sampling_level)
+                                  importance_sampling_level=args.importance_sampling_level,
+                                  use_bias_correction_kl=args.use_bias_correction_kl)
         (loss * self.ranks.grad_scale).backward()
         return {**stats, "loss": loss.detach(), "entropy_sum": (entropy.detach() * mask).sum()}
 
@@ -267,7 +267,8 @@ def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
         adv = adv[rollout.completion_mask.bool()]
     lengths = rollout.completion_lengths().float()  # (N,)
     tokens = max(sum(p["tokens"] for p in passes), 1.0)
-    mean_over = lambda key: sum(p[key] for p in passes) / tokens  # noqa: E731
+    clip_units = max(sum(p["clip_units_sum"] for p in passes), 1.0)  # tokens, or sequences (GSPO)
+    mean_over = lambda key, units=tokens: sum(p[key] for p in passes) / units  # noqa: E731
     metrics = {
         **(outcome_metrics(batch.rewards, group_size) if batch.rewards is not None else {}),
         **(process_metrics(batch.step_rewards) if batch.step_rewards is not None else {}),
@@ -275,8 +276,12 @@ def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
         "advantage/min": adv.min().item(), "advantage/max": adv.max().item(),
         "loss": sum(p["loss"] for p in passes) / len(passes),
         "kl": mean_over("kl_sum"), "entropy": mean_over("entropy_sum"),
-        "clip_ratio/low": mean_over("clip_low_sum"), "clip_ratio/high": mean_over("clip_high_sum"),
-        "clip_ratio/region": mean_over("clip_region_sum"),
+        # TRL's names and definitions (token means; sequence means at sequence level)
+        "clip_ratio/low_mean": mean_over("clip_low_sum", clip_units),
+        "clip_ratio/high_mean": mean_over("clip_high_sum", clip_units),
+        "clip_ratio/region_mean": mean_over("clip_region_sum", clip_units),
+        "clip_ratio/low_min": min(p["clip_low_min"] for p in passes),
+        "clip_ratio/high_max": max(p["clip_high_max"] for p in passes),
         "completion/mean_length": lengths.mean().item(),
         "completion/min_length": lengths.min().item(),
         "completion/max_length": lengths.max().item(),

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
+from grpokit.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
 from grpokit.checkpoint import (
-    CheckpointError,
     complete_checkpoints,
     latest_valid_checkpoint,
     load_checkpoint,
@@ -47,15 +47,12 @@ from grpokit.distributed import any_across, barrier, ranks
 from grpokit.engines import Engine
 from grpokit.config import write_resolved
 from grpokit.models import save_model
-from grpokit.monitoring import MetricsWriter, progress_bar
+from grpokit.monitoring import MetricsWriter, ProgressReport
 from grpokit.trainers.common import final_model, write_summary
+from grpokit.trainers.interrupts import StopAtStepBoundary
 from grpokit.trainers.optim import scale_learning_rate
 
 logger = logging.getLogger("grpokit")
-
-
-class NonFiniteError(RuntimeError):
-    """Too many steps in a row had a NaN/Inf loss or gradient norm."""
 
 
 @dataclass
@@ -117,7 +114,7 @@ class TrainingLoop:
     def init_loop(self, callbacks=None) -> None:
         self.ranks = ranks()
         if self.ranks.enabled and not self.distributable:
-            raise ValueError(f"{self.stage} trains on one process; launch it without torchrun "
+            raise ConfigError(f"{self.stage} trains on one process; launch it without torchrun "
                              f"(this run has {self.ranks.world_size} processes)")
         self.engine = Engine(self.model, self.ranks, self.args.distributed)
         self.callbacks = list(callbacks or [])
@@ -156,40 +153,64 @@ class TrainingLoop:
         """Take steps until ``max_steps`` or a stop request; return the seconds it took.
 
         ``resume_from_checkpoint``: True (the latest checkpoint of ``output_dir``), a checkpoint
-        path, or None; metrics.jsonl is then cut back to the checkpoint's step.
+        path, or None; the run files (metrics.jsonl, alerts.jsonl, completions.jsonl) are then
+        cut back to the checkpoint's step. SIGINT or SIGTERM ends the loop at the next step
+        boundary with a checkpoint and :class:`~grpokit.errors.TrainingInterrupted`.
         """
         checkpoint = resolve_resume(resume_from_checkpoint, self.output_dir)
-        earlier = complete_checkpoints(self.output_dir) if checkpoint is None else []
         if checkpoint is not None:
             self.restore(checkpoint)
-        elif earlier:
-            logger.warning("%s holds checkpoints of an earlier run (%s); this run starts afresh and replaces "
-                           "them as it reaches their steps (resume_from_checkpoint=True or --resume "
-                           "continues that run instead)", self.output_dir, ", ".join(p.name for p in earlier))
+        else:
+            self.set_aside_earlier_run()
         self.writer = self.open_writer(resume=checkpoint is not None)
         started = time.perf_counter()
         try:
-            with progress_bar(title, disable=not show_progress or not self.ranks.is_main) as bar:
+            with StopAtStepBoundary(enabled=not self.ranks.enabled) as signals, \
+                    ProgressReport(title, self.args.max_steps, self.step_index, every=self.args.logging_steps,
+                                   disable=not show_progress or not self.ranks.is_main) as bar:
                 if checkpoint is not None and self.ranks.is_main:
-                    bar.console.print(f"resumed {self.stage} from {checkpoint} (step {self.step_index})",
-                                      soft_wrap=True, highlight=False)
-                task = bar.add_task(self.stage, total=self.args.max_steps, completed=self.step_index,
-                                    status="")
-                while self.step_index < self.args.max_steps and self.stop_reason is None:
+                    bar.print(f"resumed {self.stage} from {checkpoint} (step {self.step_index})")
+                while (self.step_index < self.args.max_steps and self.stop_reason is None
+                       and signals.received is None):
                     self._rolled_back = False
                     metrics = self.step()
                     if not self._rolled_back:  # after a rollback the step never happened
                         self.record(metrics)
-                    bar.update(task, completed=self.step_index, status=self.status(metrics))
+                    bar.update(completed=self.step_index, status=self.status(metrics))
         finally:
             self.writer.close()
             self.writer = None
+        if signals.received is not None:
+            raise TrainingInterrupted(self.stage, self.step_index, self.args.max_steps,
+                                      self.save_checkpoint(), signals.received)
         if self.stop_reason is not None:
             self.save_checkpoint()
         return time.perf_counter() - started
 
+    def set_aside_earlier_run(self) -> None:
+        """A fresh start in a directory that holds an earlier run's checkpoints moves them to
+        ``earlier-run-<time>/``, so a later resume never mixes the two runs."""
+        earlier = complete_checkpoints(self.output_dir)
+        if earlier and self.ranks.is_main:
+            target = self.output_dir / time.strftime("earlier-run-%Y%m%d-%H%M%S")
+            target.mkdir()
+            for path in earlier:
+                path.rename(target / path.name)
+            logger.warning("%s held checkpoints of an earlier run (%s); this run starts afresh, so they were "
+                           "moved to %s (start with --resume / resume_from_checkpoint=True to continue that "
+                           "run instead; delete the directory when you no longer need it)", self.output_dir,
+                           ", ".join(p.name for p in earlier), target)
+        barrier()
+
     def open_writer(self, resume: bool):
-        return MetricsWriter.from_args(self.args, resume) if self.ranks.is_main else SilentWriter()
+        if not self.ranks.is_main:
+            return SilentWriter()
+        return MetricsWriter.from_args(self.args, resume, self.step_index if resume else None)
+
+    def run_files(self) -> list[str]:
+        """The per-step JSON-lines files of the run (metrics.jsonl and the callbacks'), all cut
+        back to the checkpoint on resume and rollback, so that they equal an uninterrupted run's."""
+        return ["metrics.jsonl", *(name for c in self.callbacks for name in getattr(c, "run_files", ()))]
 
     def end_step(self, batch, metrics: dict[str, float], problem: str | None) -> dict[str, float]:
         """Count a skipped (non-finite) update, then run the callbacks; return the metrics."""
@@ -278,9 +299,9 @@ class TrainingLoop:
             "callbacks": [c.state_dict() if hasattr(c, "state_dict") else None for c in self.callbacks],
         }
 
-    def restore(self, checkpoint: Path) -> None:
+    def restore(self, checkpoint: Path, keep: tuple[str, ...] = ()) -> None:
         """Continue from ``checkpoint`` exactly: weights, optimizer, schedule, RNG, data position,
-        counters and history; metrics.jsonl is cut back to its step."""
+        counters and history; the run files except those in ``keep`` are cut back to its step."""
         state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
                                 self.checkpoint_models(), self.engine)
         self.step_index, self.history = state["step"], state["history"]
@@ -292,7 +313,8 @@ class TrainingLoop:
                 callback.load_state_dict(saved)
         restore_rng_state(state["rng"], self.generators())
         if self.ranks.is_main:
-            truncate_jsonl(self.output_dir / "metrics.jsonl", self.step_index)
+            for name in (n for n in self.run_files() if n not in keep):
+                truncate_jsonl(self.output_dir / name, self.step_index)
         self._saved_step = self.step_index
 
     # ---------------------------------------------------------------- control API
@@ -321,7 +343,7 @@ class TrainingLoop:
                                   f"no complete checkpoint to roll back to; set save_steps")
         from_step, scale, rollbacks = self.step_index, self.lr_scale * lr_factor, self.rollbacks
         self.writer.close()
-        self.restore(checkpoint)
+        self.restore(checkpoint, keep=("alerts.jsonl",))  # the alert that asked for it happened
         scale_learning_rate(self.optimizer, self.scheduler, scale / self.lr_scale)
         self.lr_scale = scale
         self.rollbacks = [*rollbacks, {"step": from_step, "to_step": self.step_index, "lr_factor": lr_factor}]

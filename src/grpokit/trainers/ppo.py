@@ -49,7 +49,7 @@ from grpokit.algorithms.gae import (
 )
 from grpokit.batching import MicroBatch
 from grpokit.config import PPOConfig, write_resolved
-from grpokit.models import check_model_dir, save_model
+from grpokit.models import load_pretrained, save_model
 from grpokit.rewards import RewardBatch, reward_metrics, score_completions
 from grpokit.rollout import Rollout
 from grpokit.trainers.common import final_model, is_peft, resolve_model, write_summary
@@ -80,11 +80,11 @@ def load_value_model(source: str | Path | PreTrainedModel) -> PreTrainedModel:
     are copied into a new token-classification model of the same config.
     """
     is_path = isinstance(source, (str, Path))
-    config = AutoConfig.from_pretrained(check_model_dir(source)) if is_path else copy.deepcopy(source.config)
+    config = load_pretrained(AutoConfig, source, "value model's config") if is_path else copy.deepcopy(source.config)
     config.num_labels, config.classifier_dropout = 1, 0.0
     if is_path:
-        return AutoModelForTokenClassification.from_pretrained(source, config=config,
-                                                               dtype=torch.float32)
+        return load_pretrained(AutoModelForTokenClassification, source, "value model", config=config,
+                               dtype=torch.float32)
     value_model = AutoModelForTokenClassification.from_config(config)
     value_model.base_model.load_state_dict(source.base_model.state_dict())
     return value_model

@@ -28,8 +28,9 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, PreTra
 
 from grpokit.algorithms.preference import bradley_terry_loss, pair_accuracy
 from grpokit.config import RewardModelConfig, write_resolved
-from grpokit.data import DatasetError, _check_rows_container, _check_value, load_rows
-from grpokit.models import ModelLoadError, check_model_dir, load_tokenizer, pick_device, save_model
+from grpokit.data import _check_rows_container, _check_value, _where, load_rows
+from grpokit.errors import DatasetError
+from grpokit.models import ModelLoadError, load_pretrained, load_tokenizer, pick_device, save_model
 from grpokit.rewards.reward_model import (encode, ensure_pad_token, is_sequence_classifier, right_pad,
                                           scored_text, sequence_scores)
 from grpokit.trainers.common import final_model, shuffled_batches, write_summary
@@ -50,17 +51,16 @@ def validate_preference_rows(rows: list[dict], source_name: str = "dataset") -> 
     >>> validate_preference_rows([{"prompt": "2+2=", "chosen": "4"}])
     Traceback (most recent call last):
     ...
-    grpokit.data.DatasetError: dataset row 0: no 'rejected' column (found columns: prompt, chosen); expected a string or a list of chat messages
+    grpokit.errors.DatasetError: dataset row 0: no 'rejected' column (found columns: prompt, chosen); expected a string or a list of chat messages
     """
     _check_rows_container(rows, source_name)
-    return [_normalize_preference_row(row, i, source_name) for i, row in enumerate(rows)]
+    return [_normalize_preference_row(row, _where(rows, i, source_name)) for i, row in enumerate(rows)]
 
 
-def _normalize_preference_row(row: dict, index: int, source_name: str) -> dict:
-    where = f"{source_name} row {index}"
-    keys = ("prompt", "chosen", "rejected") if "prompt" in row else ("chosen", "rejected")
+def _normalize_preference_row(row: dict, where: str) -> dict:
+    keys = ("prompt", "chosen", "rejected") if row.get("prompt") is not None else ("chosen", "rejected")
     for key in keys:
-        _check_value(row, key, index, source_name)
+        _check_value(row, key, where)
     prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise DatasetError(f"{where}: 'chosen' and 'rejected' differ in format; use two strings or "
@@ -99,16 +99,12 @@ def split_held_out(rows: list[dict], fraction: float, seed: int) -> tuple[list[d
 
 def load_preference_model(path: str | Path, device: torch.device) -> PreTrainedModel:
     """A one-output sequence classifier from a reward-model or causal-LM directory."""
-    path = check_model_dir(path)
-    config = AutoConfig.from_pretrained(path)
+    config = load_pretrained(AutoConfig, path, "model's config")
     if is_sequence_classifier(config.architectures) and config.num_labels != 1:
         raise ModelLoadError(f"model path {str(path)!r} holds a {config.architectures[0]} with "
                              f"num_labels={config.num_labels}; a reward model has num_labels=1")
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-    except ValueError as error:
-        raise ModelLoadError(f"model path {str(path)!r} ({config.model_type}) cannot be loaded as "
-                             f"AutoModelForSequenceClassification: {error}") from None
+    model = load_pretrained(AutoModelForSequenceClassification, path, "reward model (a sequence "
+                            "classifier with one output)", num_labels=1, dtype=torch.float32)
     return model.to(device)
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from grpokit.batching import MicroBatch, plan_micro_batches, sorted_plan
-from grpokit.data import PromptStream, extra_columns, load_rows, render_prompt, validate_prompt_rows
+from grpokit.data import PromptStream, encode_prompt, extra_columns, load_rows, validate_prompt_rows
+from grpokit.errors import ConfigError
 from grpokit.logprobs import completion_logprobs, model_logprobs, shared_prefix_logprobs
 from grpokit.rewards import resolve_reward
 from grpokit.rollout import Rollout, SamplingParams, generate, random_table
@@ -37,23 +39,25 @@ class RolloutTrainer(TrainingLoop):
     def init_rewards(self, reward_funcs, train_dataset, name: str) -> None:
         """Validated rows, resolved reward functions and a checked ``reward_weights``."""
         if train_dataset is None:
-            raise ValueError(f"{name} needs a train_dataset with a 'prompt' column")
-        self.rows = validate_prompt_rows(load_rows(train_dataset), "train_dataset")
+            raise ConfigError(f"{name} needs a train_dataset with a 'prompt' column")
+        source = str(train_dataset) if isinstance(train_dataset, (str, Path)) else "train_dataset"
+        self.rows = validate_prompt_rows(load_rows(train_dataset), source)
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        self.reward_funcs = [resolve_reward(f) for f in funcs if f is not None]
+        self.reward_funcs = [resolve_reward(f, f"reward_funcs[{i}]") for i, f in enumerate(funcs)
+                             if f is not None]
         weights = self.args.reward_weights
         if weights is not None and len(weights) != len(self.reward_funcs):
-            raise ValueError(f"reward_weights has {len(weights)} values but there are "
-                             f"{len(self.reward_funcs)} reward functions")
+            raise ConfigError(f"reward_weights has {len(weights)} values but there are "
+                              f"{len(self.reward_funcs)} reward functions; give one weight per function")
 
     def init_sampling(self) -> None:
         """Pre-tokenized prompts, the resumable prompt stream and the sampler's settings."""
         args, world = self.args, self.ranks.world_size
         if args.prompts_per_step % world:
-            raise ValueError(f"prompts_per_step ({args.prompts_per_step}) is the global number of prompts "
+            raise ConfigError(f"prompts_per_step ({args.prompts_per_step}) is the global number of prompts "
                              f"per step and must be a multiple of the number of processes ({world})")
         self.columns = extra_columns(self.rows)
-        self.prompt_ids = [self._encode(r["prompt"]) for r in self.rows]
+        self.prompt_ids = [self._encode(r["prompt"], f"train_dataset row {i}") for i, r in enumerate(self.rows)]
         # rows carry their position so a sampled row finds its pre-tokenized prompt
         self.stream = PromptStream([{**r, "_index": i} for i, r in enumerate(self.rows)], args.seed)
         self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p, args.top_k)
@@ -65,8 +69,8 @@ class RolloutTrainer(TrainingLoop):
         ref.requires_grad_(False)
         return ref
 
-    def _encode(self, prompt) -> list[int]:
-        ids = self.tokenizer(render_prompt(prompt, self.tokenizer), add_special_tokens=False)["input_ids"]
+    def _encode(self, prompt, where: str) -> list[int]:
+        ids = encode_prompt(prompt, self.tokenizer, where)
         limit = self.args.max_prompt_length
         return ids[-limit:] if limit else ids
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
@@ -19,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from grpokit.config import SFTConfig
 from grpokit.distributed import sum_across
 from grpokit.data import load_rows, render_prompt, validate_sft_rows
+from grpokit.errors import DatasetError
 from grpokit.rewards.rules import completion_text
 from grpokit.trainers.common import resolve_model, shuffled_batches
 from grpokit.trainers.loop import TrainingLoop
@@ -78,7 +80,8 @@ class SFTTrainer(TrainingLoop):
     def __init__(self, model, args: SFTConfig, train_dataset, processing_class=None,
                  peft_config=None, callbacks=None):
         self.args = args
-        rows = validate_sft_rows(load_rows(train_dataset), "train_dataset")
+        source = str(train_dataset) if isinstance(train_dataset, (str, Path)) else "train_dataset"
+        rows = validate_sft_rows(load_rows(train_dataset), source)
         self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
                                                                 peft_config)
         self.examples = [
@@ -90,7 +93,7 @@ class SFTTrainer(TrainingLoop):
 
         self.init_loop(callbacks)
         if len(self.examples) < self.ranks.world_size:
-            raise ValueError(f"train_dataset has {len(self.examples)} rows, fewer than the "
+            raise DatasetError(f"train_dataset has {len(self.examples)} rows, fewer than the "
                              f"{self.ranks.world_size} processes training on it")
         self.start_batches()
 
