@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from grpokit.errors import ConfigError, ImportPathError, RewardFunctionError
+from grpokit.errors import ConfigError, ImportPathError
 from grpokit.rewards import (
     REWARD_REGISTRY,
     RewardBatch,

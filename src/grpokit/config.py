@@ -7,6 +7,7 @@ these by ``python -m grpokit.config``). Unknown keys are rejected with the neare
 from __future__ import annotations
 
 import difflib
+from contextlib import contextmanager
 from contextvars import ContextVar
 import importlib.util
 from pathlib import Path
@@ -25,6 +26,15 @@ __all__ = ["ConfigError", "RunConfig", "GRPOConfig", "SFTConfig", "PPOConfig", "
 _validating = ContextVar("grpokit_config_validating", default=False)  # inside an outer validation
 
 
+@contextmanager
+def _outer_validation():
+    token = _validating.set(True)
+    try:
+        yield
+    finally:
+        _validating.reset(token)
+
+
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors (all of them reported, each with
     the nearest valid name), and an empty YAML section means "all defaults"."""
@@ -37,30 +47,22 @@ class Section(BaseModel):
         if _validating.get():
             super().__init__(**data)
             return
-        token = _validating.set(True)
-        try:
-            super().__init__(**data)
-        except ValidationError as error:
-            raise ConfigError(f"{type(self).__name__}: " + "; ".join(problems(error, type(self)))) from None
-        finally:
-            _validating.reset(token)
+        with _outer_validation():
+            try:
+                super().__init__(**data)
+            except ValidationError as error:
+                raise ConfigError(f"{type(self).__name__}: " + "; ".join(problems(error, type(self)))) from None
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any):
         """pydantic's, reporting every problem as a ``ValidationError`` (no custom wrapping)."""
-        token = _validating.set(True)
-        try:
+        with _outer_validation():
             return super().model_validate(obj, **kwargs)
-        finally:
-            _validating.reset(token)
 
     @classmethod
     def model_validate_json(cls, json_data: Any, **kwargs: Any):
-        token = _validating.set(True)
-        try:
+        with _outer_validation():
             return super().model_validate_json(json_data, **kwargs)
-        finally:
-            _validating.reset(token)
 
     @model_validator(mode="before")
     @classmethod
@@ -86,8 +88,8 @@ def _section_of(model: type[BaseModel], key) -> type[Section] | None:
     return None
 
 
-# report_to sink -> (the module it imports, the extra that installs it)
-SINK_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
+# report_to sink -> (the module it imports, the package that provides it = grpokit's extra of that name)
+SINK_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny")}
 
 AlertAction = Literal["off", "warn", "stop", "rollback"]
 
@@ -297,17 +299,17 @@ class OptimConfig(Section):
     """'auto' picks CUDA when present, else CPU; or 'cpu', 'cuda', 'cuda:1'."""
     report_to: list[Literal["console", "tensorboard", "mlflow"]] = Field(default_factory=list)
     """Metric sinks besides metrics.jsonl (always written): 'console' (a metrics line every
-    logging_steps), 'tensorboard' (output_dir/tensorboard; pip install 'grpokit[tensorboard]'),
-    'mlflow' (see monitor; pip install 'grpokit[mlflow]')."""
+    logging_steps), 'tensorboard' (output_dir/tensorboard; needs grpokit's [tensorboard] extra),
+    'mlflow' (see monitor; needs the [mlflow] extra)."""
 
     @field_validator("report_to")
     @classmethod
     def _sinks_installed(cls, report_to: list[str]) -> list[str]:
         for sink in report_to:
-            module, extra = SINK_PACKAGES.get(sink, (None, None))
+            module, package = SINK_PACKAGES.get(sink, (None, None))
             if module is not None and importlib.util.find_spec(module) is None:
-                raise MissingDependencyError(f"report_to {sink!r} needs the {module!r} package, which is not "
-                                             f"installed: pip install 'grpokit[{extra}]'")
+                raise MissingDependencyError(f"report_to {sink!r} needs {package}, which is not installed: "
+                                             f"pip install {package} (grpokit's [{sink}] extra)")
         return report_to
 
     use_lora: bool = False

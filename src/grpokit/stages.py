@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import get_console
+
 from grpokit.checkpoint import latest_valid_checkpoint
 from grpokit.config import MonitorConfig, RunConfig, write_resolved
 from grpokit.data import load_rows, to_prompt_rows, validate_prompt_rows
@@ -84,8 +86,12 @@ def rewards(cfg: RunConfig) -> list:
 
 def resume_point(output_dir: str | Path, resume: bool) -> Path | None:
     """With ``resume``, the latest complete checkpoint in ``output_dir``; else (or when there is
-    none yet) None: the stage starts afresh."""
-    return latest_valid_checkpoint(output_dir) if resume else None
+    none yet, which is said) None: the stage starts afresh."""
+    checkpoint = latest_valid_checkpoint(output_dir) if resume else None
+    if resume and checkpoint is None and ranks().is_main:
+        get_console().print(f"--resume: {output_dir} holds no complete checkpoint yet; starting afresh",
+                            highlight=False, soft_wrap=True)
+    return checkpoint
 
 
 def run_sft(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:

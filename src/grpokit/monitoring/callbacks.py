@@ -145,7 +145,7 @@ class AlertMonitor:
         entry = {**alert.to_json(), "action": action}
         style = "bold red" if action != "warn" else "bold yellow"
         get_console().print(f"[{style}]alert[/] {alert.rule} at step {alert.step}: {alert.message} "
-                            f"(action: {action})", highlight=False)
+                            f"(action: {action})", highlight=False, soft_wrap=True)
         self.file.append(entry)
         line = f"**{alert.rule}** (step {alert.step}, {action}): {alert.message}"
         metrics["text/alerts"] = "\n\n".join(filter(None, [metrics.get("text/alerts"), line]))
@@ -176,7 +176,7 @@ class AlertMonitor:
             self.last_fired.pop(rule.name, None)
         if ranks().is_main:
             get_console().print(f"rolled back to step {restored}; learning rate x{self.lr_factor}",
-                                highlight=False)
+                                highlight=False, soft_wrap=True)
         return None
 
 

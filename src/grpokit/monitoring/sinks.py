@@ -134,7 +134,7 @@ class ConsoleSink:
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if step % self.every == 0:
-            get_console().print(console_line(step, scalars), highlight=False)
+            get_console().print(console_line(step, scalars), highlight=False, soft_wrap=True)
 
     def write_text(self, step: int, tag: str, text: str) -> None:
         """Alerts print themselves when they fire; completions stay in the files."""
@@ -146,13 +146,14 @@ class ConsoleSink:
 @register_sink("tensorboard")
 class TensorBoardSink:
     """Scalars and text in ``output_dir/tensorboard``. A resumed run purges what an earlier
-    attempt logged after the checkpoint's step (TensorBoard's ``purge_step``), so no step shows
-    twice."""
+    attempt logged after the checkpoint's step (TensorBoard's ``purge_step``), and a fresh start
+    what an earlier run in the directory logged, so no step shows twice."""
 
     def __init__(self, output_dir: Path, options: SinkOptions, resume: bool):
         from torch.utils.tensorboard import SummaryWriter
 
-        purge = options.resume_step + 1 if resume and options.resume_step is not None else None
+        # a fresh start purges an earlier run's events too (from step 1 on)
+        purge = (options.resume_step or 0) + 1 if not resume or options.resume_step is not None else None
         self._writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:

@@ -45,5 +45,5 @@ def send_alert(url: str, alert: dict, timeout: float) -> bool:
     error = post_json(url, {**alert, "text": text}, timeout)
     if error:
         get_console().print(f"[yellow]alert webhook failed[/] ({error}); training continues",
-                            highlight=False)
+                            highlight=False, soft_wrap=True)
     return error is None
