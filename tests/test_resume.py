@@ -252,7 +252,18 @@ def test_a_resumed_run_writes_every_run_file_as_an_uninterrupted_one(tmp_path):
     assert [e.step for e in events.Scalars("reward/mean")] == [1, 2, 3, 4, 5, 6]  # purged, not doubled
 
 
-def test_sigint_saves_a_checkpoint_at_the_step_boundary_and_resume_finishes_the_run(tmp_path):
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """SIGINT handled as in a terminal (a CI job started in the background ignores it)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_saves_a_checkpoint_at_the_step_boundary_and_resume_finishes_the_run(tmp_path,
+                                                                                    sigint_as_in_a_terminal):
     import signal
 
     from grpokit.errors import TrainingInterrupted

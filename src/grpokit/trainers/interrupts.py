@@ -4,7 +4,8 @@ The first SIGINT or SIGTERM only sets a flag that the training loop reads at the
 boundary (so a step is never left half done and the checkpoint is exact); a second one stops at
 once (``KeyboardInterrupt``). Under torchrun, SIGTERM keeps its meaning there (torchrun ending
 every process because one failed: ``grpokit.distributed.raise_on_sigterm``), so only a single
-process installs these handlers.
+process installs these handlers, and a signal the process ignores (``nohup``, a shell's
+background job) stays ignored.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ class StopAtStepBoundary:
     """A context manager; ``received`` names the first signal that arrived (None until then).
 
     >>> with StopAtStepBoundary() as stop:
-    ...     signal.raise_signal(signal.SIGINT)
+    ...     signal.raise_signal(signal.SIGTERM)
     ...     stop.received
-    SIGINT: stopping after this step and saving a checkpoint (press Ctrl-C again to stop at once, without one)
-    'SIGINT'
+    SIGTERM: stopping after this step and saving a checkpoint (press Ctrl-C again to stop at once, without one)
+    'SIGTERM'
     """
 
     def __init__(self, enabled: bool = True):
@@ -35,7 +36,8 @@ class StopAtStepBoundary:
     def __enter__(self) -> StopAtStepBoundary:
         if self.enabled:
             for number in SIGNALS:
-                self._previous[number] = signal.signal(number, self._handle)
+                if signal.getsignal(number) is not signal.SIG_IGN:  # e.g. a job started with nohup or &
+                    self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
