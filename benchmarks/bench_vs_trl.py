@@ -1,11 +1,14 @@
 """grpokit against TRL's GRPOTrainer: whole-step throughput and peak memory on identical work.
 
-Both trainers get the same locally created Qwen2 checkpoint (about 4M parameters in the blocks,
-untied embeddings), the same prompts and the same reward function, in fp32 on the CPU (CUDA when
-present). Each run is its own subprocess; the trainers alternate, config by config.
+Both trainers get the same checkpoint, the same prompts and the same reward function, in fp32
+on the CPU (CUDA when present). Each run is its own subprocess; the trainers alternate, config
+by config. Model shapes (``--vocabs``): ``char`` and ``32k``, locally created Qwen2 checkpoints
+of about 4M block parameters (untied embeddings), 8 prompts × G = 8, max_completion_length 128;
+``smollm2``, the real SmolLM2-135M-Instruct (134.5M parameters, 49k BPE vocabulary), 4 prompts ×
+G = 4, max_completion_length 64, reasoning-gym questions as prompts. beta 0.04, loss_type grpo.
 
-Configs (8 prompts × G = 8, max_completion_length 128, beta 0.04, loss_type grpo):
-  S  — prompts of 16 tokens, μ = 1;   S2 — the same with μ = 2;   L — prompts of 256 tokens, μ = 1.
+Configs: S — short prompts (16 tokens; a ~20-token question for smollm2), μ = 1; S2 — the same
+with μ = 2; L — prompts of 256 tokens (few-shot solved examples for smollm2), μ = 1.
 
 Reported: completion tokens per second of whole-step wall time (a step = one sampled batch and
 its μ optimizer steps; median over steps after the first), peak RSS of the process, and the
@@ -15,6 +18,7 @@ Run (TRL is an optional extra: ``pip install -e '.[bench]'``)::
 
     python benchmarks/bench_vs_trl.py                  # all configs, both vocabularies
     python benchmarks/bench_vs_trl.py --configs S --vocabs char --steps 3
+    python benchmarks/bench_vs_trl.py --vocabs smollm2 --configs S,L --steps 4 --out benchmarks/results/vs_trl_smollm2.json
 """
 
 from __future__ import annotations
@@ -32,11 +36,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_models import build_checkpoint, make_prompts  # noqa: E402
+from bench_models import SMOLLM2, checkpoint_for, make_prompts, real_prompts  # noqa: E402
 
 CONFIGS = {"S": dict(prompt_tokens=16, mu=1), "S2": dict(prompt_tokens=16, mu=2),
            "L": dict(prompt_tokens=256, mu=1)}
-PROMPTS, G, COMPLETION, BETA = 8, 8, 128, 0.04
+BETA = 0.04
+# prompts per step, G, max_completion_length: the real model's batch lets TRL finish a CPU step
+# in under a minute
+BATCH = {"char": (8, 8, 128), "32k": (8, 8, 128), SMOLLM2: (4, 4, 64)}
 CACHE = Path(__file__).parent / ".cache"
 
 
@@ -61,7 +68,7 @@ class TokenCounter:
         return [sum(i % 2 == 0 for i in ids) / max(len(ids), 1) for ids in completion_ids]
 
 
-def run_trl(model_dir, tokenizer, prompts, mu, steps, reward, out_dir) -> list[float]:
+def run_trl(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch) -> list[float]:
     """Train with TRL; return the wall-clock time at the end of each sampled batch's μ steps."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -74,8 +81,9 @@ def run_trl(model_dir, tokenizer, prompts, mu, steps, reward, out_dir) -> list[f
             if state.global_step % mu == 0:
                 ends.append(time.perf_counter())
 
-    args = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=PROMPTS * G,
-                      num_generations=G, max_completion_length=COMPLETION, beta=BETA,
+    prompts_per_step, group, completion = batch
+    args = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=prompts_per_step * group,
+                      num_generations=group, max_completion_length=completion, beta=BETA,
                       loss_type="grpo", num_iterations=mu, max_steps=steps * mu,
                       learning_rate=1e-6, use_cpu=not on_gpu(), bf16=on_gpu(), report_to="none",
                       save_strategy="no", logging_steps=1, shuffle_dataset=False,
@@ -87,12 +95,13 @@ def run_trl(model_dir, tokenizer, prompts, mu, steps, reward, out_dir) -> list[f
     return ends
 
 
-def run_grpokit(model_dir, tokenizer, prompts, mu, steps, reward, out_dir) -> list[float]:
+def run_grpokit(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch) -> list[float]:
     """Train with grpokit; return the wall-clock time at the end of each step."""
     from grpokit import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(output_dir=out_dir, prompts_per_step=PROMPTS, num_generations=G,
-                      max_completion_length=COMPLETION, beta=BETA, loss_type="grpo",
+    prompts_per_step, group, completion = batch
+    args = GRPOConfig(output_dir=out_dir, prompts_per_step=prompts_per_step, num_generations=group,
+                      max_completion_length=completion, beta=BETA, loss_type="grpo",
                       num_iterations=mu, max_steps=steps, learning_rate=1e-6, bf16=on_gpu())
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[reward], args=args,
                           train_dataset=[{"prompt": p} for p in prompts],
@@ -111,16 +120,18 @@ def run_grpokit(model_dir, tokenizer, prompts, mu, steps, reward, out_dir) -> li
 
 def worker(name: str, vocab: str, config: str, steps: int) -> dict:
     """One trainer, one config, in this process; returns its figures."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
-    settings = CONFIGS[config]
-    model_dir = build_checkpoint(CACHE / f"qwen2-4M-{vocab}", vocab, "4M")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
-    prompts = make_prompts(vocab, PROMPTS * steps, settings["prompt_tokens"])
+    settings, batch = CONFIGS[config], BATCH[vocab]
+    model_dir = checkpoint_for(vocab, "4M", CACHE)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    count = batch[0] * steps
+    prompts = (real_prompts(tokenizer, count, settings["prompt_tokens"]) if vocab == SMOLLM2
+               else make_prompts(vocab, count, settings["prompt_tokens"]))
     reward, run = TokenCounter(), {"trl": run_trl, "grpokit": run_grpokit}[name]
     rss_before = peak_rss_mb()
     with tempfile.TemporaryDirectory() as out_dir:
-        ends = run(model_dir, tokenizer, prompts, settings["mu"], steps, reward, out_dir)
+        ends = run(model_dir, tokenizer, prompts, settings["mu"], steps, reward, out_dir, batch)
     rates = [tokens / (end - start) for tokens, start, end
              in zip(reward.tokens_per_call[1:], ends, ends[1:])]
     return {"trainer": name, "vocab": vocab, "config": config, "steps": len(ends),

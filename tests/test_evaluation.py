@@ -27,7 +27,7 @@ def test_score_problems_hand_computed():
         " <reasoning>a</reasoning>\n<answer>9</answer>\n", good(9), "<answer>11</answer>",
     ]
     greedy = [good(5), "<answer>7.0</answer>", good("ten")]
-    metrics = score_problems(texts, greedy, ["5", "7", "10"], k=k)
+    metrics = score_problems(texts, greedy, [{"answer": a} for a in ("5", "7", "10")], k=k)
     # correct counts c = 2, 1, 0 of n = 3
     # pass@1 = mean(c / n) = (2/3 + 1/3 + 0) / 3
     assert metrics["pass@1"] == pytest.approx(1 / 3)
@@ -45,7 +45,7 @@ def test_score_problems_hand_computed():
 def test_score_problems_pass_at_k_below_n():
     # n = k = 4 samples per problem, c = 1 and 3 correct
     texts = [good(1), good(2), good(2), good(2), good(3), good(3), good(3), good(0)]
-    metrics = score_problems(texts, [good(1), good(1)], ["1", "3"], k=4)
+    metrics = score_problems(texts, [good(1), good(1)], [{"answer": "1"}, {"answer": "3"}], k=4)
     assert metrics["pass@1"] == pytest.approx((1 / 4 + 3 / 4) / 2)
     assert metrics["pass@k"] == pytest.approx(1.0)
     assert metrics["maj@k"] == pytest.approx(0.5)  # problem 0 votes 2 (wrong), problem 1 votes 3

@@ -328,6 +328,19 @@ def test_periodic_eval_logs_held_out_metrics_and_restores_train_mode(tmp_path, s
     assert lines[1]["eval/pass@1"] == again["pass@1"]
 
 
+def test_eval_on_start_logs_the_starting_model_as_step_zero_and_the_verifier_is_used(tmp_path, single_thread):
+    eval_config = EvalConfig(num_samples=2, max_completion_length=8, num_problems=3)
+    every_sample_right = lambda completion, row: True  # noqa: E731
+    trainer = tiny_trainer(tmp_path, [PeriodicEval(ROWS, eval_config, every=2, verify=every_sample_right,
+                                                   on_start=True)], max_steps=2)
+    trainer.train(show_progress=False)
+    lines = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    assert set(lines[0]) == {"step", "eval/pass@1", "eval/pass@k", "eval/maj@k", "eval/greedy_accuracy",
+                             "eval/format_rate", "eval/mean_completion_length", "time/eval"}
+    assert lines[0]["eval/pass@1"] == lines[2]["eval/pass@1"] == 1.0  # the given verifier decides
+
+
 def test_monitor_callbacks_run_eval_first_and_need_held_out_rows():
     config = MonitorConfig(eval_steps=5, eval_num_problems=7)
     callbacks = monitor_callbacks(config, ROWS, EvalConfig(num_samples=2))

@@ -100,3 +100,13 @@ def test_override_reaches_a_named_stage_and_reports_unknown_names(tmp_path):
     assert cfg.pipeline.stages[3].overrides["sft"]["max_steps"] == 7
     with pytest.raises(ConfigError, match="no entry named 'nope'"):
         load_config(path, ["pipeline.stages.nope.overrides.sft.max_steps=7"])
+
+
+def test_evaluate_base_adds_the_starting_model_as_the_first_column(tmp_path, single_thread):
+    tree = {**TINY, "pipeline": {"evaluate_base": True, "stages": [{"name": "sft", "type": "sft"}]}}
+    cfg = load_config(write_config(tmp_path, tree), [f"pipeline.output_dir={tmp_path / 'run'}"])
+    summary = run_pipeline(cfg, show_progress=False, announce=lambda line: None)
+    assert [(s["name"], s["type"]) for s in summary["stages"]] == [("base", "base"), ("sft", "sft")]
+    assert summary["stages"][0]["eval"]["num_problems"] == 4 and (tmp_path / "run" / "eval-base").is_dir()
+    with pytest.raises(ConfigError, match="'base' names the starting model"):
+        check_stages([StageSpec(name="base", type="sft")])

@@ -39,6 +39,7 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from grpokit.errors import CheckpointError
+from grpokit.models.loading import other_process_alive
 
 PREFIX = "checkpoint-"
 MARKER = "COMPLETE"
@@ -86,23 +87,10 @@ def remove_stale_tmp(output_dir: str | Path) -> list[Path]:
         return removed
     for path in out.iterdir():
         match = _TMP.match(path.name)
-        if match and not _writer_alive(int(match.group(1))):
+        if match and not other_process_alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
-
-
-def _writer_alive(pid: int) -> bool:
-    """True when another live process has this pid (it may be saving right now)."""
-    if pid == os.getpid():  # our own saves clean up after themselves
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
 
 
 def resolve_resume(resume_from_checkpoint: bool | str | Path | None, output_dir: str | Path) -> Path | None:

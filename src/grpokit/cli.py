@@ -266,6 +266,37 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (one stage 
     typer.echo(f"report: {write_report(run_dir, out)}")
 
 
+models_app = typer.Typer(no_args_is_help=True, help="Built-in models and GGUF conversion.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The model names a config's `model` accepts besides a local directory."""
+    from grpokit.models.builtin import BUILTIN_MODELS, EMBEDDED, model_cache_dir
+
+    typer.echo(f"{EMBEDDED}: the 0.8M-parameter Llama with a character tokenizer, created in code per run")
+    for name, spec in BUILTIN_MODELS.items():
+        converted = model_cache_dir() / "models" / name
+        where = f"converted: {converted}" if (converted / "config.json").is_file() else \
+            f"converted on first use into {converted}; needs: {spec.install}"
+        typer.echo(f"{name}: {spec.summary} ({where})")
+
+
+@models_app.command("import-gguf")
+def models_import_gguf(gguf_file: Path = typer.Argument(..., help="A .gguf model file."),
+                       out: Path = typer.Argument(..., help="The save_pretrained directory to write.")) -> None:
+    """Convert a GGUF file into a float32 transformers model directory (model, tokenizer, chat
+    template) that any `model:` setting can name."""
+    try:
+        from grpokit.models import import_gguf
+
+        quiet_libraries()
+        typer.echo(f"model: {import_gguf(gguf_file, out)}")
+    except GrpokitError as error:
+        fail(f"{type(error).__name__}: {error}", 2)
+
+
 @command("eval")
 def evaluate(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
     """pass@1, pass@k, maj@k, greedy accuracy and format rate of `model` on held-out problems."""

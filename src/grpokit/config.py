@@ -240,6 +240,9 @@ class MonitorConfig(Section):
     eval_steps: int = Field(0, ge=0)
     """Evaluate on held-out problems every this many steps and log eval/pass@1,
     eval/greedy_accuracy, ... (0: off; TRL's name). Uses the run's `eval` settings."""
+    eval_on_start: bool = False
+    """Also evaluate before the first step (logged as step 0), so eval/ curves start at the
+    starting model (TRL's name); needs eval_steps > 0."""
     eval_num_problems: int = Field(32, ge=1)
     """Held-out problems in each periodic evaluation."""
     webhook_url: str | None = None
@@ -551,7 +554,12 @@ class DataConfig(Section):
     """Where prompts come from: a built-in task or a dataset file."""
 
     task: str | None = "digit_sum"
-    """Built-in task name (see grpokit.tasks), used when path is not set."""
+    """Built-in task, used when path is not set: 'digit_sum' (the embedded default's task) or
+    'reasoning_gym' (any reasoning-gym dataset; needs the [real] extra)."""
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    """Options of the task: for reasoning_gym {dataset: chain_sum, config: {...the dataset's
+    own config keys...}, system_prompt: ...}; for digit_sum min_digits, max_digits, slip_rate,
+    no_reasoning_rate, hedge_rate. num_train, num_test and seed below give the sizes and seed."""
     path: str | None = None
     """A .jsonl/.json/.csv/.parquet file or a save_to_disk directory with a 'prompt' column."""
     num_train: int = Field(4000, ge=1)
@@ -601,13 +609,17 @@ class PipelineConfig(Section):
     score_with: str | None = None
     """An rm stage whose reward model scores every evaluated stage's held-out samples (reported as
     eval.reward_model_score)."""
+    evaluate_base: bool = False
+    """Evaluate the starting model too, as a 'base' column before the stages."""
 
 
 class RunConfig(Section):
     """A whole run: which model, which data and rewards, and each stage's settings."""
 
     model: str = "embedded"
-    """A local save_pretrained model directory, or 'embedded' (create the built-in default)."""
+    """A local save_pretrained model directory, 'embedded' (the 0.8M-parameter default, created in
+    code), or a built-in pretrained model by name ('smollm2-135m-instruct'; `grpokit models list`),
+    converted once into the cache."""
     data: DataConfig = Field(default_factory=DataConfig)
     """Prompt source."""
     rewards: list[str | dict[str, Any]] = Field(default_factory=lambda: ["format", "correctness"])

@@ -32,6 +32,7 @@ __all__ = [
     "DatasetError",
     "PROMPT_FORMATS",
     "PromptStream",
+    "prompt_key",
     "Rows",
     "SUPPORTED_EXTENSIONS",
     "boxed_answer",
@@ -416,6 +417,15 @@ def encode_prompt(prompt: str | list[dict], tokenizer: Any, where: str) -> list[
                            f"{tokenizer.unk_token!r}; remove or replace those characters (the embedded default "
                            f"reads digits, ASCII letters, punctuation, space and newline)")
     return ids
+
+
+def prompt_key(prompt: str | list[dict]) -> str:
+    """A hashable form of a prompt, for sets of prompts (chat messages are lists of dicts).
+
+    >>> prompt_key("sum a1:"), prompt_key([{"role": "user", "content": "hi"}])
+    ('sum a1:', "[{'role': 'user', 'content': 'hi'}]")
+    """
+    return prompt if isinstance(prompt, str) else repr(prompt)
 
 
 def extra_columns(rows: list[dict]) -> list[str]:

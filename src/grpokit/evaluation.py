@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -43,37 +44,51 @@ def sample_texts(model, tokenizer, prompts: list, group_size: int, params: Sampl
     return texts, completion_ids
 
 
-def score_problems(texts: list[str], greedy: list[str], answers: list, k: int) -> dict:
+def answer_matches(completion: str, row: dict) -> bool:
+    """The default verifier: the tagged answer equals the row's ``answer`` (as numbers when both
+    parse as numbers).
+
+    >>> answer_matches("<answer>12.0</answer>", {"answer": "12"})
+    True
+    """
+    return answers_match(extract_answer(completion), row["answer"])
+
+
+Verifier = Callable[[str, dict], bool]  # (completion text, row) -> correct
+
+
+def score_problems(texts: list[str], greedy: list[str], rows: list[dict], k: int,
+                   verify: Verifier = answer_matches) -> dict:
     """Aggregate the metrics from k sampled texts per problem and one greedy text each.
 
     >>> ok, bad = "<reasoning>r</reasoning><answer>3</answer>", "<answer>4</answer>"
-    >>> m = score_problems([ok, bad, bad, bad], [ok, bad], ["3", "3"], k=2)
+    >>> m = score_problems([ok, bad, bad, bad], [ok, bad], [{"answer": "3"}, {"answer": "3"}], k=2)
     >>> m["pass@1"], m["pass@k"], m["maj@k"], m["greedy_accuracy"], m["format_rate"]
     (0.25, 0.5, 0.5, 0.5, 0.25)
     """
     per_problem, majority = [], []
-    for i, answer in enumerate(answers):
+    for i, row in enumerate(rows):
         group = texts[i * k : (i + 1) * k]
-        correct = [answers_match(extract_answer(t), answer) for t in group]
+        correct = [verify(t, row) for t in group]
         per_problem.append((k, sum(correct)))
         majority.append(maj_at_k([extract_answer(t) for t in group], correct, same=answers_match))
     return {
         "pass@1": mean_pass_at_k(per_problem, 1),
         "pass@k": mean_pass_at_k(per_problem, k),
         "maj@k": sum(majority) / len(majority),
-        "greedy_accuracy": sum(answers_match(extract_answer(t), a)
-                               for t, a in zip(greedy, answers)) / len(answers),
+        "greedy_accuracy": sum(verify(t, row) for t, row in zip(greedy, rows)) / len(rows),
         "format_rate": sum(map(is_well_formatted, texts)) / len(texts),
         "k": k,
-        "num_problems": len(answers),
+        "num_problems": len(rows),
     }
 
 
 def evaluate(model, tokenizer, rows: list[dict], cfg: EvalConfig, show_progress: bool = True,
-             samples_path: Path | None = None) -> dict:
-    """Evaluate ``model`` on ``rows`` (``prompt``, ``answer``); optionally write every sample."""
+             samples_path: Path | None = None, verify: Verifier = answer_matches) -> dict:
+    """Evaluate ``model`` on ``rows`` (``prompt``, ``answer``, and what ``verify`` reads, such as a
+    reasoning-gym entry); optionally write every sample."""
     rows = rows[: cfg.num_problems]
-    prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+    prompts = [r["prompt"] for r in rows]
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(cfg.seed)
     sampled = SamplingParams(cfg.max_completion_length, cfg.temperature, cfg.top_p)
@@ -85,7 +100,7 @@ def evaluate(model, tokenizer, rows: list[dict], cfg: EvalConfig, show_progress:
     with ProgressReport("eval: greedy", len(rows), unit="problem", disable=not show_progress) as bar:
         greedy, _ = sample_texts(model, tokenizer, prompts, 1, greedy_params,
                                  cfg.batch_prompts, generator, lambda n: bar.update(advance=n))
-    metrics = score_problems(texts, greedy, answers, cfg.num_samples)
+    metrics = score_problems(texts, greedy, rows, cfg.num_samples, verify)
     metrics["mean_completion_length"] = sum(map(len, completion_ids)) / len(completion_ids)
     if samples_path is not None:
         write_samples(samples_path, rows, texts, greedy, cfg.num_samples)

@@ -33,6 +33,7 @@ WAIT_POLL_SECONDS = 2.0
 
 
 STATE_FILE = "pipeline_state.json"
+BASE = "base"  # the starting model's entry in the state, with pipeline.evaluate_base
 # stage type -> (runner, the config section whose output_dir the stage owns)
 RUNNERS: dict[str, tuple[Callable[..., Path], str]] = {
     "sft": (run_sft, "sft"), "grpo": (run_grpo, "grpo"), "ppo": (run_ppo, "ppo"),
@@ -80,6 +81,8 @@ def check_stages(stages: list[StageSpec]) -> None:
         raise ConfigError("pipeline.stages is empty; list the stages to run (see `grpokit pipeline --help`)")
     seen: dict[str, str] = {}
     for spec in stages:
+        if spec.name == BASE:
+            raise ConfigError(f"pipeline.stages: {BASE!r} names the starting model; give the stage another name")
         if spec.name in seen:
             raise ConfigError(f"pipeline.stages: two stages are named {spec.name!r}; names must be unique")
         if spec.init not in ("previous", "base") and spec.init not in seen:
@@ -125,6 +128,11 @@ def run_pipeline(cfg: RunConfig, show_progress: bool = True, announce: Callable[
     out.mkdir(parents=True, exist_ok=True)
     base = main_first(lambda: base_model(cfg, out))
     state = load_state(out)
+    if cfg.pipeline.evaluate_base and BASE not in state and main:
+        with local_only():
+            evaluation = run_eval(cfg, base, out / f"eval-{BASE}", show_progress)
+        state = {BASE: {"type": BASE, "output": str(base), "eval": evaluation}, **state}
+        save_state(out, state)
     policy, total = base, len(cfg.pipeline.stages)
     for number, spec in enumerate(cfg.pipeline.stages, 1):
         if spec.name in state:
@@ -211,9 +219,9 @@ def write_pipeline_summary(out: Path, cfg: RunConfig, state: dict[str, dict]) ->
     """``summary.json``: every stage in order with its output and held-out evaluation."""
     from grpokit.trainers.common import write_summary
 
-    stages = [{"name": spec.name, "type": spec.type, "output": state[spec.name]["output"],
-               "eval": state[spec.name]["eval"], "seconds": state[spec.name].get("seconds")}
-              for spec in cfg.pipeline.stages]
+    names = ([BASE] if BASE in state else []) + [spec.name for spec in cfg.pipeline.stages]
+    stages = [{"name": name, "type": state[name]["type"], "output": state[name]["output"],
+               "eval": state[name]["eval"], "seconds": state[name].get("seconds")} for name in names]
     summary = {"stage": "pipeline", "stages": stages}
     write_summary(out, summary)
     return summary

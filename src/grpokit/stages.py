@@ -13,11 +13,11 @@ from rich import get_console
 
 from grpokit.checkpoint import latest_valid_checkpoint
 from grpokit.config import MonitorConfig, RunConfig, write_resolved
-from grpokit.data import load_rows, to_prompt_rows, validate_prompt_rows
+from grpokit.data import load_rows, prompt_key, to_prompt_rows, validate_prompt_rows
 from grpokit.distributed import ranks
 from grpokit.errors import ConfigError, DatasetError
-from grpokit.evaluation import evaluate
-from grpokit.models import check_model_dir, create_embedded_default, load_model, load_tokenizer, pick_device
+from grpokit.evaluation import answer_matches, evaluate
+from grpokit.models import load_model, load_tokenizer, model_path, pick_device
 from grpokit.monitoring.callbacks import monitor_callbacks
 from grpokit.rejection import rejection_sample
 from grpokit.rewards import resolve_reward
@@ -32,11 +32,9 @@ RUN_CONFIG = "run_config.yaml"  # the whole run tree, next to the stage's own co
 
 
 def base_model(cfg: RunConfig, output_dir: str | Path) -> Path:
-    """The model directory a run starts from; 'embedded' creates the built-in default there."""
-    if cfg.model == "embedded":
-        target = Path(output_dir) / "base"
-        return target if (target / "config.json").is_file() else create_embedded_default(target, cfg.sft.seed)
-    return check_model_dir(cfg.model)
+    """The model directory a run starts from: a built-in name (converted once into the cache),
+    'embedded' (created in ``output_dir/base``), or a local directory."""
+    return model_path(cfg.model, Path(output_dir) / "base", cfg.sft.seed)
 
 
 def read_rows(cfg: RunConfig, key: str) -> list[dict]:
@@ -54,13 +52,18 @@ def read_rows(cfg: RunConfig, key: str) -> list[dict]:
 
 
 def task(cfg: RunConfig):
-    """The built-in task ``data.task``."""
+    """The built-in task ``data.task`` with ``data.task_options``."""
     if not cfg.data.task:
         raise ConfigError("data: set either 'path' (a dataset file) or 'task' (a built-in task)")
-    try:
-        return get_task(cfg.data.task)
-    except ValueError as error:
-        raise ConfigError(f"data.task: {error}") from None
+    return get_task(cfg.data.task, **cfg.data.task_options)
+
+
+def verifier(cfg: RunConfig):
+    """How held-out completions are judged correct: the task's own check for a built-in task
+    (reasoning-gym's verifier), else the tagged answer against the ``answer`` column."""
+    if cfg.data.test_path or not cfg.data.task:
+        return answer_matches
+    return task(cfg).is_correct
 
 
 def test_rows(cfg: RunConfig) -> list[dict]:
@@ -74,7 +77,7 @@ def train_rows(cfg: RunConfig, demonstrations: bool) -> list[dict]:
     """Training rows from ``data.path`` or the task (held-out prompts excluded)."""
     if cfg.data.path:
         return read_rows(cfg, "path")
-    held_out = {r["prompt"] for r in test_rows(cfg)}
+    held_out = {prompt_key(r["prompt"]) for r in test_rows(cfg)}
     make = task(cfg).sft_rows if demonstrations else task(cfg).problems
     return make(cfg.data.num_train, seed=cfg.data.seed, exclude=held_out)
 
@@ -104,7 +107,8 @@ def run_sft(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, r
 
 def callbacks(cfg: RunConfig, monitor: MonitorConfig) -> list:
     """Periodic held-out evaluation, alerts and the completions log, as ``monitor`` asks."""
-    return monitor_callbacks(monitor, test_rows(cfg) if monitor.eval_steps else None, cfg.eval)
+    return monitor_callbacks(monitor, test_rows(cfg) if monitor.eval_steps else None, cfg.eval,
+                             verifier(cfg))
 
 
 def run_grpo(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:
@@ -120,7 +124,7 @@ def preference_rows(cfg: RunConfig) -> list[dict]:
     """Preference pairs from ``data.path`` or the task's ``preference_rows`` (held-out excluded)."""
     if cfg.data.path:
         return read_rows(cfg, "path")
-    held_out = {r["prompt"] for r in test_rows(cfg)}
+    held_out = {prompt_key(r["prompt"]) for r in test_rows(cfg)}
     return task(cfg).preference_rows(cfg.data.num_train, seed=cfg.data.seed, exclude=held_out)
 
 
@@ -158,6 +162,6 @@ def run_eval(cfg: RunConfig, model_dir: str | Path, output_dir: str | Path,
     write_resolved(cfg, out, RUN_CONFIG)
     model = load_model(model_dir, pick_device(cfg.eval.device))
     metrics = evaluate(model, load_tokenizer(model_dir), test_rows(cfg), cfg.eval, show_progress,
-                       samples_path=out / "samples.jsonl")
+                       samples_path=out / "samples.jsonl", verify=verifier(cfg))
     write_summary(out, {"stage": "eval", "model_dir": str(model_dir), "eval": metrics})
     return metrics

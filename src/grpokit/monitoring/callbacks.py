@@ -16,7 +16,7 @@ from grpokit.config import EvalConfig, MonitorConfig
 from grpokit.data import validate_prompt_rows
 from grpokit.errors import CheckpointError, ConfigError, DatasetError
 from grpokit.distributed import gather_lists, ranks
-from grpokit.evaluation import evaluate
+from grpokit.evaluation import Verifier, answer_matches, evaluate
 from grpokit.monitoring.alerts import Alert, StepRecord, build_rules
 from grpokit.monitoring.completions_log import (
     RunFile,
@@ -36,22 +36,32 @@ class PeriodicEval:
     samples do not change.
     """
 
-    def __init__(self, rows: list[dict], config: EvalConfig, every: int):
+    def __init__(self, rows: list[dict], config: EvalConfig, every: int, verify: Verifier = answer_matches,
+                 on_start: bool = False):
         validate_prompt_rows(rows, "held-out rows")
         for i, row in enumerate(rows):
             if "answer" not in row:
                 raise DatasetError(f"held-out rows row {i}: no 'answer' column; periodic "
                                    "evaluation needs prompt and answer")
-        self.rows, self.config, self.every = rows, config, every
+        self.rows, self.config, self.every, self.verify = rows, config, every, verify
+        self.on_start = on_start
+
+    def on_train_begin(self, trainer, metrics: dict) -> None:
+        """With ``on_start``, the starting model's results as step 0's metrics."""
+        if self.on_start:
+            self.evaluate(trainer, metrics)
 
     def on_step_end(self, trainer, step: int, batch, metrics: dict) -> None:
-        if step % self.every:
-            return
+        if step % self.every == 0:
+            self.evaluate(trainer, metrics)
+
+    def evaluate(self, trainer, metrics: dict) -> None:
         started, model = time.perf_counter(), trainer.model
         model.eval()
         try:
             with getattr(trainer, "autocast", nullcontext)():  # SFT has no autocast
-                results = evaluate(model, trainer.tokenizer, self.rows, self.config, show_progress=False)
+                results = evaluate(model, trainer.tokenizer, self.rows, self.config, show_progress=False,
+                                   verify=self.verify)
         finally:
             model.train()
         metrics.update({f"eval/{k}": float(v) for k, v in results.items()
@@ -186,7 +196,7 @@ def reason(alert: Alert) -> str:
 
 
 def monitor_callbacks(config: MonitorConfig, eval_rows: list[dict] | None = None,
-                      eval_config: EvalConfig | None = None) -> list:
+                      eval_config: EvalConfig | None = None, verify: Verifier = answer_matches) -> list:
     """The callbacks ``config`` asks for, in run order, for a GRPO or PPO trainer. Periodic
     evaluation (``eval_steps > 0``) needs held-out rows; it uses ``eval_config`` (the run's
     ``eval`` section) with ``num_problems = config.eval_num_problems``."""
@@ -196,7 +206,7 @@ def monitor_callbacks(config: MonitorConfig, eval_rows: list[dict] | None = None
             raise ConfigError("monitor.eval_steps is set but no held-out rows were given")
         settings = (eval_config or EvalConfig()).model_copy(
             update={"num_problems": config.eval_num_problems})
-        callbacks.append(PeriodicEval(eval_rows, settings, config.eval_steps))
+        callbacks.append(PeriodicEval(eval_rows, settings, config.eval_steps, verify, config.eval_on_start))
     alerts = AlertMonitor(config)
     if alerts.rules:
         callbacks.append(alerts)

@@ -35,6 +35,8 @@ class PlotSpec:
     """Stack the series (parts of a whole, such as the step time split)."""
     kinds: tuple[str, ...] | None = None
     """The run kinds (summary.json 'stage': sft, grpo, ppo, rm) that log these metrics; None: all."""
+    against_time: bool = False
+    """x is training seconds (the cumulative sum of time/step, evaluations left out), not steps."""
 
     def applies_to(self, kind: str | None) -> bool:
         return self.kinds is None or kind is None or kind in self.kinds
@@ -48,6 +50,8 @@ PLOTS: tuple[PlotSpec, ...] = (
              kinds=SAMPLING),
     PlotSpec("eval", "Held-out accuracy", r"eval/(?:pass@\w+|maj@\w+|greedy_accuracy|format_rate|accuracy)",
              "fraction"),
+    PlotSpec("eval_time", "Held-out accuracy against training time",
+             r"eval/(?:pass@1|format_rate)", "fraction", against_time=True, kinds=SAMPLING),
     PlotSpec("loss", "Loss", r"loss|loss/.+|train/loss", "loss"),
     PlotSpec("kl", "KL to the reference", r"kl|policy/approx_kl", "KL", kinds=SAMPLING),
     PlotSpec("entropy", "Entropy", r"entropy", "nats per token", kinds=SAMPLING),
@@ -83,6 +87,20 @@ def metric_series(rows: list[dict], keys: str) -> Series:
     return found
 
 
+def training_seconds(rows: list[dict]) -> dict[int, float]:
+    """Step -> seconds of training up to the end of that step (the sum of ``time/step``; the
+    periodic evaluations are not counted). Step 0 is the start.
+
+    >>> training_seconds([{"step": 0, "eval/pass@1": 0.3}, {"step": 1, "time/step": 2.0}, {"step": 2, "time/step": 3.0}])
+    {0: 0.0, 1: 2.0, 2: 5.0}
+    """
+    clock, total = {0: 0.0}, 0.0
+    for index, row in enumerate(rows):
+        total += row.get("time/step") or 0.0
+        clock[row.get("step", index + 1)] = total
+    return clock
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -90,8 +108,11 @@ def _is_number(value) -> bool:
 def plot_png(spec: PlotSpec, rows: list[dict]) -> bytes | None:
     """The plot of ``spec`` as PNG bytes; None when ``rows`` hold none of its metrics."""
     series = metric_series(rows, spec.keys)
-    if not series:
+    if not series or (spec.against_time and not any("time/step" in row for row in rows)):
         return None
+    if spec.against_time:
+        clock = training_seconds(rows)
+        series = {key: ([clock[s] for s in steps], values) for key, (steps, values) in series.items()}
     figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
     ax = figure.add_subplot()
     if spec.stacked:
@@ -99,7 +120,7 @@ def plot_png(spec: PlotSpec, rows: list[dict]) -> bytes | None:
     else:
         for key, (steps, values) in series.items():
             ax.plot(steps, values, label=key, linewidth=1.2, marker="o" if len(steps) <= 20 else None)
-    ax.set(title=spec.title, xlabel="step", ylabel=spec.ylabel)
+    ax.set(title=spec.title, xlabel="training seconds" if spec.against_time else "step", ylabel=spec.ylabel)
     ax.grid(alpha=0.3)
     figure.legend(loc="outside lower center", ncols=min(len(series), 3), fontsize="small")
     return _png(figure)

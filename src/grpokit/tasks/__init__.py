@@ -1,19 +1,32 @@
-"""Built-in verifiable tasks, by name.
+"""Built-in verifiable tasks, by the name ``data.task`` gives, with options from
+``data.task_options``.
 
-A task generates problems (``{"prompt", "answer"}`` rows), demonstrations for SFT, and verifies
-completions: ``is_correct(completion, answer)``, ``extract_answer``, ``is_well_formatted``.
+A task generates problems (``problems(count, seed, exclude) -> [{"prompt", "answer", ...}]``)
+and verifies completions (``is_correct(completion, row) -> bool``); ``digit_sum`` also writes
+SFT demonstrations and preference pairs.
 """
 
-from grpokit.tasks.digit_sum import DigitSumTask
+from __future__ import annotations
 
-TASKS = {"digit_sum": DigitSumTask}
+import dataclasses
+
+from grpokit.errors import ConfigError
+from grpokit.tasks.digit_sum import DigitSumTask
+from grpokit.tasks.reasoning_gym import ReasoningGymTask
+
+TASKS = {"digit_sum": DigitSumTask, "reasoning_gym": ReasoningGymTask}
 
 
 def get_task(name: str, **settings):
-    """The task registered as ``name``; unknown names list the valid ones."""
+    """The task registered as ``name`` built with ``settings``; unknown names and options list
+    the valid ones."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"data.task: unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
+    fields = [f.name for f in dataclasses.fields(TASKS[name]) if f.name != "name"]
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise ConfigError(f"data.task_options: task {name!r} has no option(s) {unknown}; it takes: {', '.join(fields)}")
     return TASKS[name](**settings)
 
 
-__all__ = ["DigitSumTask", "TASKS", "get_task"]
+__all__ = ["DigitSumTask", "ReasoningGymTask", "TASKS", "get_task"]

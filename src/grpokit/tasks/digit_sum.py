@@ -137,9 +137,9 @@ class DigitSumTask:
             for row in self.problems(count, seed, exclude)
         ]
 
-    def is_correct(self, completion: str, answer: str) -> bool:
-        """True when the tagged answer equals the reference."""
-        return answers_match(extract_answer(completion), answer)
+    def is_correct(self, completion: str, row: dict) -> bool:
+        """True when the tagged answer equals the row's ``answer``."""
+        return answers_match(extract_answer(completion), row["answer"])
 
     extract_answer = staticmethod(extract_answer)
     is_well_formatted = staticmethod(is_well_formatted)

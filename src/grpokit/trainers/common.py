@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from grpokit.config import OptimConfig
 from grpokit.distributed import setup
 from grpokit.errors import ConfigError
-from grpokit.models import load_model, load_tokenizer, pick_device
+from grpokit.models import BUILTIN_MODELS, builtin_model_dir, load_model, load_tokenizer, pick_device
 
 
 def resolve_model(
@@ -33,6 +33,7 @@ def resolve_model(
     setup(args.distributed_timeout)
     device = pick_device(args.device)
     if isinstance(model, (str, Path)):
+        model = builtin_model_dir(model) if model in BUILTIN_MODELS else model
         tokenizer = tokenizer or load_tokenizer(model)
         model = load_model(model, device)
     elif tokenizer is None:

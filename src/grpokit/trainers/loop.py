@@ -13,8 +13,9 @@ A trainer subclasses :class:`TrainingLoop`, calls :meth:`~TrainingLoop.init_loop
   ``generators()`` (the torch generators it samples with) and ``trainer_state()`` /
   ``load_trainer_state(state)`` (its data position).
 
-Callbacks are objects with an optional ``on_step_end(trainer, step, batch, metrics)``; keys they
-add to ``metrics`` are logged, and they may call :meth:`~TrainingLoop.request_stop` or
+Callbacks are objects with an optional ``on_step_end(trainer, step, batch, metrics)`` (and
+``on_train_begin(trainer, metrics)``, before the first step, logged as step 0); keys they add to
+``metrics`` are logged, and they may call :meth:`~TrainingLoop.request_stop` or
 :meth:`~TrainingLoop.rollback`. A callback with ``state_dict()`` / ``load_state_dict(state)``
 has that state saved in checkpoints (tensors, numbers, strings, lists and dicts only).
 
@@ -170,6 +171,8 @@ class TrainingLoop:
                                    disable=not show_progress or not self.ranks.is_main) as bar:
                 if checkpoint is not None and self.ranks.is_main:
                     bar.print(f"resumed {self.stage} from {checkpoint} (step {self.step_index})")
+                if self.step_index == 0:
+                    self.begin_training()
                 while (self.step_index < self.args.max_steps and self.stop_reason is None
                        and signals.received is None):
                     self._rolled_back = False
@@ -211,6 +214,16 @@ class TrainingLoop:
         """The per-step JSON-lines files of the run (metrics.jsonl and the callbacks'), all cut
         back to the checkpoint on resume and rollback, so that they equal an uninterrupted run's."""
         return ["metrics.jsonl", *(name for c in self.callbacks for name in getattr(c, "run_files", ()))]
+
+    def begin_training(self) -> None:
+        """Callbacks' ``on_train_begin(trainer, metrics)`` before the first step; what they add is
+        logged as step 0 (a starting evaluation, say)."""
+        metrics: dict[str, float] = {}
+        for callback in self.callbacks:
+            if hasattr(callback, "on_train_begin"):
+                callback.on_train_begin(self, metrics)
+        if metrics:
+            self.writer.write(0, metrics)
 
     def end_step(self, batch, metrics: dict[str, float], problem: str | None) -> dict[str, float]:
         """Count a skipped (non-finite) update, then run the callbacks; return the metrics."""
