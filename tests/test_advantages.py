@@ -1,9 +1,10 @@
-"""Hand-computed checks for grpokit.algorithms.advantages."""
+"""Hand-computed checks for the grpo estimator's group-relative advantages."""
 
 import pytest
 import torch
 
-from grpokit.algorithms import ADVANTAGE_SCALES, group_advantages
+from grpokit.algorithms import group_advantages
+from grpokit.algorithms.estimators.group_relative import REWARD_SCALES
 
 # Two groups of G=4. Group 1: mean 0.5, deviations ±0.5,
 # unbiased std = sqrt((4 * 0.25) / 3) = 0.5773503. Group 2: constant -> 0.
@@ -61,4 +62,4 @@ def test_bad_group_size_raises():
 def test_unknown_scale_lists_valid_names():
     with pytest.raises(ValueError, match=r"valid: \['batch', 'group', 'none'\]"):
         group_advantages(REWARDS, 4, "std")
-    assert {"group", "batch", "none"} <= set(ADVANTAGE_SCALES)
+    assert {"group", "batch", "none"} == set(REWARD_SCALES)

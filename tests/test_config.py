@@ -161,7 +161,7 @@ def test_unknown_key_without_a_close_match_lists_the_valid_keys(tmp_path):
     ("num_generations", "1", "greater than or equal to 2"),
     ("top_p", "0", "greater than 0"),
     ("top_p", "1.5", "less than or equal to 1"),
-    ("loss_type", "ppo", "'grpo', 'bnpo', 'dr_grpo' or 'dapo'"),
+    ("loss_type", "ppo", "Valid: 'bnpo', 'dapo', 'dr_grpo', 'grpo'"),
 ])
 def test_out_of_range_values_name_the_key_path_and_the_file(tmp_path, key, value, problem):
     path = write_yaml(tmp_path, f"grpo:\n  {key}: {value}\n", name="bad.yaml")

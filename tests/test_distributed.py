@@ -26,7 +26,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from grpokit.algorithms.advantages import group_advantages
+from grpokit.algorithms import group_advantages
 from grpokit.distributed import Ranks, combine_metrics, local_only, ranks
 from grpokit.rollout import SamplingParams, generate, random_table
 

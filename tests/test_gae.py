@@ -3,14 +3,10 @@
 import pytest
 import torch
 
-from grpokit.algorithms.gae import (
-    explained_variance,
-    gae_advantages,
-    kl_shaped_rewards,
-    masked_whiten,
-    ppo_policy_loss,
-    value_loss,
-)
+from grpokit.algorithms import POLICY_LOSSES, LossSettings, PolicyLossInputs, token_weights
+from grpokit.algorithms.estimators.gae import gae_advantages, kl_shaped_rewards
+from grpokit.algorithms.masked import masked_whiten
+from grpokit.algorithms.value import explained_variance, value_loss
 
 
 def rounded(t, places=5):
@@ -84,10 +80,14 @@ def test_masked_whiten_uses_real_tokens_only():
     assert rounded(masked_whiten(values, mask)) == [[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
 
 
-def test_policy_loss_clips_per_token_and_stops_the_gradient_there():
+def test_ppo_policy_loss_clips_per_token_and_stops_the_gradient_there():
     logp = torch.log(torch.tensor([[1.5, 1.0, 0.5]])).requires_grad_(True)
     advantages = torch.tensor([[1.0, -0.5, -2.0]])
-    loss, clipped = ppo_policy_loss(logp, torch.zeros(1, 3), advantages, torch.ones(1, 3), 0.2)
+    mask = torch.ones(1, 3)
+    per_token, stats = POLICY_LOSSES.get("clip")(PolicyLossInputs(logp, torch.zeros(1, 3), advantages, mask),
+                                                 LossSettings(0.2, 0.2))
+    loss = (per_token * token_weights(mask, "bnpo")).sum()  # PPO's token mean over the batch
+    clipped = stats["clip_region_sum"] / stats["tokens"]
     # token 0: min(1.5, 1.2) = 1.2; token 1: -0.5; token 2: min(-1.0, -1.6) = -1.6 (clip at 0.8)
     assert loss.item() == pytest.approx(-(1.2 - 0.5 - 1.6) / 3)
     assert clipped.item() == pytest.approx(2 / 3)

@@ -51,7 +51,7 @@ def gradients_for(micro_batch_size, tmp_path, loss_type, level):
     trainer = GRPOTrainer(model=model, reward_funcs=[fraction_of_a], args=args,
                           train_dataset=ROWS, processing_class=tokenizer)
     trainer.generator.manual_seed(0)
-    batch = trainer.sample_and_score(trainer.stream.next_batch(2), {})
+    batch = trainer.sample_batch({})
     trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda s: 1.0)
     grads = {}
@@ -150,7 +150,7 @@ def test_truncated_completions_can_be_masked_out_of_the_loss(tmp_path):
                           args=config(tmp_path, mask_truncated_completions=True,
                                       max_completion_length=2),
                           train_dataset=ROWS, processing_class=tokenizer)
-    batch = trainer.sample_and_score(trainer.stream.next_batch(2), {})
+    batch = trainer.sample_batch({})
     truncated = batch.rollout.truncated
     assert truncated.any()
     assert batch.loss_mask[truncated].sum() == 0 and batch.weights[truncated].sum() == 0
@@ -218,7 +218,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(tmp_path):
         args = config(tmp_path, gradient_checkpointing=checkpointing)
         trainer = GRPOTrainer(model=model, reward_funcs=[fraction_of_a], args=args,
                               train_dataset=ROWS, processing_class=tokenizer)
-        batch = trainer.sample_and_score(trainer.stream.next_batch(2), {})
+        batch = trainer.sample_batch({})
         trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda s: 1.0)
         model.train()

@@ -1,24 +1,53 @@
-"""Hand-computed checks for grpokit.algorithms.losses and kl."""
+"""Hand-computed checks for the clip and gspo policy losses, the aggregations and the KL term."""
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-
-from grpokit.distributed import add_stats
 from grpokit.algorithms import (
-    LOSS_TYPES,
+    AGGREGATIONS,
+    POLICY_LOSSES,
+    BatchTotals,
+    LossSettings,
     PolicyLossInputs,
     clipped_surrogate,
-    importance_ratio,
     k3_kl,
-    policy_loss,
-    register_loss_type,
+    register_aggregation,
     token_weights,
 )
+from grpokit.algorithms.policy_losses import sequence_log_ratio
+from grpokit.distributed import add_stats
 
 D = torch.float64
+
+
+@dataclass
+class Batch:
+    """A micro-batch as the trainer hands it over: one advantage per completion and the weights."""
+
+    logp: torch.Tensor
+    old_logp: torch.Tensor
+    advantages: torch.Tensor  # (B,)
+    mask: torch.Tensor
+    weights: torch.Tensor
+    ref_logp: torch.Tensor | None = None
+
+
+def policy_loss(x: Batch, *, epsilon_low, epsilon_high, beta=0.0, importance_sampling_level="token",
+                use_bias_correction_kl=False):
+    """The trainer's loss of a micro-batch: the policy loss of the level, weighted and summed."""
+    loss_fn = POLICY_LOSSES.get("gspo" if importance_sampling_level == "sequence" else "clip")
+    inputs = PolicyLossInputs(x.logp, x.old_logp, x.advantages[:, None].expand_as(x.mask), x.mask, x.ref_logp)
+    per_token, metrics = loss_fn(inputs, LossSettings(epsilon_low, epsilon_high, beta, use_bias_correction_kl))
+    return (per_token * x.weights).sum(), metrics
+
+
+def weights_of(mask, loss_type, max_completion_length=None, global_num_tokens=None):
+    mask = mask.to(D) if not mask.is_floating_point() else mask
+    totals = BatchTotals(global_num_tokens or float(mask.sum()), mask.shape[0], 1, max_completion_length)
+    return token_weights(mask, loss_type, totals)
 
 # ---------------------------------------------------------------- fixed B=2, T=3 case
 # log-ratios logp - old_logp: row 0 [0.1, 0.2, 0.3]; row 1 [-0.1, 0.1, <pad 7.0>]
@@ -52,8 +81,8 @@ CASES = [
 
 @pytest.mark.parametrize("loss_type, level, kwargs, expected", CASES)
 def test_policy_loss_by_hand(loss_type, level, kwargs, expected):
-    w = token_weights(MASK, loss_type, **kwargs)
-    x = PolicyLossInputs(OLD + DELTA, OLD, ADV, MASK, w)
+    w = weights_of(MASK, loss_type, **kwargs)
+    x = Batch(OLD + DELTA, OLD, ADV, MASK, w)
     loss, metrics = policy_loss(x, epsilon_low=EPS, epsilon_high=EPS, beta=0.0, importance_sampling_level=level)
     assert loss.item() == pytest.approx(expected, abs=2e-7)
     assert metrics["tokens"].item() == 5.0
@@ -71,34 +100,30 @@ def test_token_weights_by_hand():
         ("dr_grpo", 4, None): [[1 / 12] * 3, [1 / 12, 1 / 12, 0], [0, 0, 0]],  # 1/(4*3)
     }
     for (name, max_len, global_n), want in expected.items():
-        got = token_weights(mask, name, max_completion_length=max_len, global_num_tokens=global_n)
-        torch.testing.assert_close(got, torch.tensor(want), atol=1e-7, rtol=0)
+        got = weights_of(mask, name, max_completion_length=max_len, global_num_tokens=global_n)
+        torch.testing.assert_close(got, torch.tensor(want, dtype=D), atol=1e-7, rtol=0)
 
 
 def test_token_weights_errors_and_registry():
-    with pytest.raises(ValueError, match=r"valid: \['bnpo', 'dapo', 'dr_grpo', 'grpo'\]"):
+    with pytest.raises(ValueError, match=r"Valid: 'bnpo', 'dapo', 'dr_grpo', 'grpo'"):
         token_weights(MASK, "ppo")
     with pytest.raises(ValueError, match="max_completion_length"):
         token_weights(MASK, "dr_grpo")
     with pytest.raises(ValueError, match="already registered"):
-        register_loss_type("grpo")(lambda mask, **kw: mask)
+        register_aggregation("grpo")(lambda mask, totals: mask)
     try:
-        register_loss_type("sum_test")(lambda mask, **kw: mask)
+        register_aggregation("sum_test")(lambda mask, totals: mask)
         assert torch.equal(token_weights(MASK, "sum_test"), MASK)
     finally:
-        LOSS_TYPES.pop("sum_test", None)
+        AGGREGATIONS._functions.pop("sum_test", None)
 
 
-def test_importance_ratio_levels():
-    r_tok = importance_ratio(OLD + DELTA, OLD, MASK, "token")
-    torch.testing.assert_close(r_tok[0], torch.tensor([1.1051709, 1.2214028, 1.3498588], dtype=D), atol=1e-7, rtol=0)
-    r_seq = importance_ratio(OLD + DELTA, OLD, MASK, "sequence")
+def test_sequence_log_ratio_ignores_padding():
+    seq = sequence_log_ratio(OLD + DELTA, OLD, MASK).exp()
     # every token of a row carries the row's value, padded token 7.0 is ignored
-    torch.testing.assert_close(r_seq, torch.tensor([[1.2214028] * 3, [1.0] * 3], dtype=D), atol=1e-7, rtol=0)
-    empty = importance_ratio(torch.ones(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), "sequence")
-    assert empty.tolist() == [[1.0, 1.0]]  # no valid tokens -> exp(0)
-    with pytest.raises(ValueError, match=r"valid: \['token', 'sequence'\]"):
-        importance_ratio(OLD, OLD, MASK, "group")
+    torch.testing.assert_close(seq, torch.tensor([[1.2214028], [1.0]], dtype=D), atol=1e-7, rtol=0)
+    empty = sequence_log_ratio(torch.ones(1, 2), torch.zeros(1, 2), torch.zeros(1, 2)).exp()
+    assert empty.tolist() == [[1.0]]  # no valid tokens -> exp(0)
 
 
 # ---------------------------------------------------------------- clipping and gradients
@@ -110,7 +135,7 @@ CLIP_ADV = torch.tensor([1.0, -1.0], dtype=D)
 def _clip_loss_and_grad(epsilon_high):
     logp = torch.log(CLIP_RATIOS).requires_grad_(True)  # old_logp = 0 -> ratio = CLIP_RATIOS
     ones = torch.ones(2, 3, dtype=D)
-    x = PolicyLossInputs(logp, torch.zeros(2, 3, dtype=D), CLIP_ADV, ones, ones)
+    x = Batch(logp, torch.zeros(2, 3, dtype=D), CLIP_ADV, ones, ones)
     loss, metrics = policy_loss(x, epsilon_low=0.2, epsilon_high=epsilon_high, beta=0.0, importance_sampling_level="token")
     loss.backward()
     return loss.item(), logp.grad, metrics
@@ -142,7 +167,7 @@ def test_clip_higher_differs_from_symmetric_clip():
 
 
 def test_clipped_surrogate_values():
-    got = clipped_surrogate(CLIP_RATIOS, CLIP_ADV, 0.2, 0.28)
+    got = clipped_surrogate(CLIP_RATIOS, CLIP_ADV[:, None], 0.2, 0.28)
     want = torch.tensor([[-1.28, -1.25, -0.5], [0.8, 0.8, 1.5]], dtype=D)
     torch.testing.assert_close(got, want)
 
@@ -151,7 +176,7 @@ def test_clip_metrics_ignore_padding():
     # row 0 (A=+1): [1.5 high-clip, 0.5 (not clipped for A>0), 1.0]; row 1 (A=-1): [0.5 low-clip, 1.5, pad 0.5]
     ratios = torch.tensor([[1.5, 0.5, 1.0], [0.5, 1.5, 0.5]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
-    x = PolicyLossInputs(torch.log(ratios), torch.zeros(2, 3), torch.tensor([1.0, -1.0]), mask, mask)
+    x = Batch(torch.log(ratios), torch.zeros(2, 3), torch.tensor([1.0, -1.0]), mask, mask)
     _, m = policy_loss(x, epsilon_low=0.2, epsilon_high=0.28, beta=0.0, importance_sampling_level="token")
     assert (m["tokens"].item(), m["clip_low_sum"].item(), m["clip_high_sum"].item(), m["clip_region_sum"].item()) == (
         5.0, 1.0, 1.0, 2.0,
@@ -173,8 +198,8 @@ def test_kl_included_with_beta():
     lp = torch.log(torch.tensor([[0.5, 0.3]], dtype=D)).requires_grad_(True)
     ref = torch.log(torch.tensor([[0.25, 0.3]], dtype=D))
     mask = torch.ones(1, 2, dtype=D)
-    w = token_weights(mask, "grpo")  # [[0.5, 0.5]]
-    x = PolicyLossInputs(lp, lp.detach(), torch.zeros(1, dtype=D), mask, w, ref_logp=ref)
+    w = weights_of(mask, "grpo")  # [[0.5, 0.5]]
+    x = Batch(lp, lp.detach(), torch.zeros(1, dtype=D), mask, w, ref_logp=ref)
     loss, m = policy_loss(x, epsilon_low=0.2, epsilon_high=0.2, beta=0.04, importance_sampling_level="token")
     # A = 0 -> surrogate 0; loss = 0.04 * (0.1931472 * 0.5 + 0 * 0.5) = 0.0038629
     assert loss.item() == pytest.approx(0.0038629, abs=1e-7)
@@ -196,7 +221,7 @@ def _kl_pass(old_p, **kw):
     ref = torch.log(torch.tensor([[0.25, 0.3]], dtype=D))
     old = torch.log(torch.tensor([old_p], dtype=D))
     mask = torch.ones(1, 2, dtype=D)
-    x = PolicyLossInputs(lp, old, torch.zeros(1, dtype=D), mask, token_weights(mask, "grpo"), ref_logp=ref)
+    x = Batch(lp, old, torch.zeros(1, dtype=D), mask, weights_of(mask, "grpo"), ref_logp=ref)
     loss, m = policy_loss(x, epsilon_low=0.2, epsilon_high=0.2, beta=0.04, **kw)
     loss.backward()
     return loss.item(), m["kl_sum"].item(), lp.grad
@@ -238,18 +263,18 @@ def _random_batch(seed):
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
 def test_micro_batch_invariance(loss_type, level):
     logp, old, ref, adv, mask = _random_batch(seed=1)
-    w = token_weights(mask, loss_type, max_completion_length=6)  # full-batch weights
+    w = weights_of(mask, loss_type, max_completion_length=6)  # full-batch weights
     kw = dict(epsilon_low=0.2, epsilon_high=0.28, beta=0.1, importance_sampling_level=level)
 
     full_lp = logp.clone().requires_grad_(True)
-    full, full_m = policy_loss(PolicyLossInputs(full_lp, old, adv, mask, w, ref), **kw)
+    full, full_m = policy_loss(Batch(full_lp, old, adv, mask, w, ref), **kw)
     full.backward()
 
     for chunks in ([slice(0, 2), slice(2, 4)], [slice(i, i + 1) for i in range(4)]):
         lp = logp.clone().requires_grad_(True)
         total, sums = 0.0, {}
         for rows in chunks:
-            part, m = policy_loss(PolicyLossInputs(lp[rows], old[rows], adv[rows], mask[rows], w[rows], ref[rows]), **kw)
+            part, m = policy_loss(Batch(lp[rows], old[rows], adv[rows], mask[rows], w[rows], ref[rows]), **kw)
             total = total + part
             sums = add_stats(sums, m)  # sums, and min/max for the per-sequence extremes
         total.backward()
@@ -262,11 +287,9 @@ def test_micro_batch_invariance(loss_type, level):
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
 def test_on_policy_gradient_is_weighted_policy_gradient(loss_type):
     logp, _, _, adv, mask = _random_batch(seed=2)
-    w = token_weights(mask, loss_type, max_completion_length=6)
+    w = weights_of(mask, loss_type, max_completion_length=6)
     lp = logp.clone().requires_grad_(True)
-    ratio = importance_ratio(lp, lp, mask, "token")
-    assert torch.equal(ratio, torch.ones_like(ratio))
-    loss, m = policy_loss(PolicyLossInputs(lp, lp, adv, mask, w), epsilon_low=0.2, epsilon_high=0.2)
+    loss, m = policy_loss(Batch(lp, lp, adv, mask, w), epsilon_low=0.2, epsilon_high=0.2)
     loss.backward()
     # ratio == 1: clip inactive, d loss / d logp = -A * w  (plain REINFORCE with the loss_type weights)
     torch.testing.assert_close(lp.grad, -adv[:, None] * w)
@@ -276,11 +299,11 @@ def test_on_policy_gradient_is_weighted_policy_gradient(loss_type):
 def test_gspo_on_policy_gradient_matches_grpo_token_level():
     # with grpo weights (1/(|o_i| B)), the GSPO sequence ratio gives the same gradient at ratio 1
     logp, _, _, adv, mask = _random_batch(seed=3)
-    w = token_weights(mask, "grpo")
+    w = weights_of(mask, "grpo")
     grads = []
     for level in ("token", "sequence"):
         lp = logp.clone().requires_grad_(True)
-        loss, _ = policy_loss(PolicyLossInputs(lp, lp.detach(), adv, mask, w), epsilon_low=0.2, epsilon_high=0.2,
+        loss, _ = policy_loss(Batch(lp, lp.detach(), adv, mask, w), epsilon_low=0.2, epsilon_high=0.2,
                               importance_sampling_level=level)
         loss.backward()
         grads.append(lp.grad)
@@ -290,14 +313,14 @@ def test_gspo_on_policy_gradient_matches_grpo_token_level():
 def test_grpo_weights_match_deepseekmath_eq3_loop():
     # DSM Eq. 3 written as an explicit loop: (1/G) sum_i (1/|o_i|) sum_t loss_{i,t}
     logp, old, _, adv, mask = _random_batch(seed=4)
-    per_token = clipped_surrogate(importance_ratio(logp, old, mask, "token"), adv, 0.2, 0.2)
+    per_token = clipped_surrogate(torch.exp(logp - old), adv[:, None], 0.2, 0.2)
     loop = 0.0
     for i in range(mask.shape[0]):
         n_i = int(mask[i].sum())
         if n_i:
             loop += sum(per_token[i, t].item() for t in range(n_i)) / n_i
     loop /= mask.shape[0]
-    loss, _ = policy_loss(PolicyLossInputs(logp, old, adv, mask, token_weights(mask, "grpo")), epsilon_low=0.2,
+    loss, _ = policy_loss(Batch(logp, old, adv, mask, weights_of(mask, "grpo")), epsilon_low=0.2,
                           epsilon_high=0.2)
     assert loss.item() == pytest.approx(loop, abs=1e-12)
     assert math.isfinite(loss.item())

@@ -272,7 +272,7 @@ def test_grpo_run_with_a_warning_alert_and_the_completions_log(tmp_path, single_
         assert record["completion"] == texts[i]
         assert record["rewards"] == {"fraction_of_a": pytest.approx(fraction_of_a(None, [texts[i]])[0])}
         assert record["reward"] == pytest.approx(float(batch.rewards.total[i]))
-        assert record["advantage"] == pytest.approx(float(batch.advantages[i]))
+        assert record["advantage"] == pytest.approx(float(batch.advantages[i, 0]))
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Tensors("text/alerts/text_summary")] == [1, 2, 3]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from grpokit.algorithms.gae import value_loss
+from grpokit.algorithms.value import value_loss
 from grpokit.models import build_char_tokenizer, create_tiny_model, save_model
 from grpokit.trainers.ppo import PPOConfig, PPOTrainer, completion_values, load_value_model
 
@@ -93,7 +93,7 @@ def test_reference_model_only_with_a_kl_penalty(tmp_path):
 def gradients_for(micro_batch_size, tmp_path):
     trainer = trainer_for(tmp_path, seed=1, micro_batch_size=micro_batch_size)
     trainer.generator.manual_seed(0)
-    batch = trainer.sample_and_score(trainer.stream.next_batch(4), {})
+    batch = trainer.sample_batch({})
     trainer.optimizer = torch.optim.SGD(trainer.trained_models.parameters(), lr=0.0)
     trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda s: 1.0)
     grads = {}
@@ -119,7 +119,7 @@ def test_micro_batch_size_never_changes_the_gradient(tmp_path):
 def test_value_updates_on_a_fixed_batch_reduce_the_value_loss(tmp_path):
     trainer = trainer_for(tmp_path, vf_coef=1.0, cliprange_value=100.0, learning_rate=3e-3)
     trainer.build_optimizer()
-    batch = trainer.sample_and_score(trainer.stream.next_batch(4), {})
+    batch = trainer.sample_batch({})
 
     def batch_value_loss():
         values = trainer.rollout_values(batch.rollout)

@@ -9,24 +9,18 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from grpokit import GRPOConfig, GRPOTrainer
-from grpokit.algorithms import (
-    PolicyLossInputs,
-    group_advantages,
-    policy_loss,
-    process_advantages,
-    split_steps,
-    step_end_tokens,
-    token_weights,
-)
+from grpokit.algorithms import POLICY_LOSSES, LossSettings, PolicyLossInputs, group_advantages, process_advantages, token_weights
 from grpokit.models import build_char_tokenizer, create_tiny_model, save_model
 from grpokit.rollout import Rollout
-from grpokit.rewards.process import (
+from grpokit.rewards.step_scores import (
     PROCESS_REWARD_REGISTRY,
     ProcessRewardModel,
     digit_sum_steps,
     register_process_reward,
     resolve_process_reward,
     score_steps,
+    split_steps,
+    step_end_tokens,
 )
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
@@ -101,10 +95,11 @@ def test_constant_per_token_advantages_give_the_same_loss_and_gradient_as_per_se
     ref = torch.randn(3, 4, generator=gen)
     per_sequence = torch.tensor([1.0, -0.5, 0.25])
     results = []
-    for advantages in (per_sequence, per_sequence[:, None].expand(3, 4).clone()):
+    for advantages in (per_sequence[:, None].expand(3, 4), per_sequence[:, None].expand(3, 4).clone()):
         logp = (old + 0.3 * torch.randn(3, 4, generator=torch.Generator().manual_seed(2))).requires_grad_()
-        inputs = PolicyLossInputs(logp, old, advantages, mask, token_weights(mask, "grpo"), ref)
-        loss, metrics = policy_loss(inputs, epsilon_low=0.2, epsilon_high=0.2, beta=0.1)
+        inputs = PolicyLossInputs(logp, old, advantages, mask, ref)
+        per_token, metrics = POLICY_LOSSES.get("clip")(inputs, LossSettings(0.2, 0.2, beta=0.1))
+        loss = (per_token * token_weights(mask, "grpo")).sum()
         loss.backward()
         results.append((loss.detach(), metrics, logp.grad))
     (loss_a, metrics_a, grad_a), (loss_b, metrics_b, grad_b) = results
@@ -121,8 +116,9 @@ def test_per_token_advantages_by_hand():
     old = torch.zeros(1, 2)
     logp = torch.log(torch.tensor([[1.5, 0.5]]))
     mask = torch.ones(1, 2)
-    inputs = PolicyLossInputs(logp, old, torch.tensor([[1.0, -1.0]]), mask, token_weights(mask, "grpo"))
-    loss, metrics = policy_loss(inputs, epsilon_low=0.2, epsilon_high=0.2)
+    inputs = PolicyLossInputs(logp, old, torch.tensor([[1.0, -1.0]]), mask)
+    per_token, metrics = POLICY_LOSSES.get("clip")(inputs, LossSettings(0.2, 0.2))
+    loss = (per_token * token_weights(mask, "grpo")).sum()
     assert loss.item() == pytest.approx(-0.2)
     assert metrics["clip_high_sum"].item() == 1 and metrics["clip_low_sum"].item() == 1
 
@@ -168,7 +164,7 @@ def test_score_steps_passes_columns_and_checks_one_score_per_step():
 
 def test_process_rewards_resolve_by_name_path_or_model_directory(tmp_path):
     assert resolve_process_reward("digit_sum_steps") is digit_sum_steps
-    assert resolve_process_reward("grpokit.rewards.process:digit_sum_steps") is digit_sum_steps
+    assert resolve_process_reward("grpokit.rewards.step_scores:digit_sum_steps") is digit_sum_steps
     with pytest.raises(ValueError, match="unknown process reward 'nope'.*digit_sum_steps"):
         resolve_process_reward("nope")
     tokenizer = build_char_tokenizer()
@@ -245,18 +241,20 @@ def test_process_advantages_replace_or_add_to_outcome_advantages(tmp_path, steps
                               train_dataset=ROWS, processing_class=tokenizer,
                               args=config(tmp_path, process_reward=steps_with_a))
         trainer.generator.manual_seed(0)
-        return trainer.sample_and_score(trainer.stream.next_batch(2), {})
+        rows = trainer.stream.next_batch(2)
+        scored = trainer.score(rows, trainer.sample(rows, {}))
+        return scored, trainer.advantages(scored, scored.rollout.completion_mask.float())
 
     def length(prompts, completions, **kwargs):
         return [float(len(c)) for c in completions]
 
-    process_only, both = batch_for([]), batch_for([length])
-    assert process_only.rewards is None and process_only.advantages.shape == (8, 12)
+    (process_only, process), (both, summed) = batch_for([]), batch_for([length])
+    assert process_only.rewards is None and process.shape == process_only.rollout.completion_ids.shape
     assert torch.equal(process_only.rollout.completion_ids, both.rollout.completion_ids)
     outcome = group_advantages(both.rewards.total, 4)
-    torch.testing.assert_close(both.advantages, outcome[:, None] + process_only.advantages)
+    torch.testing.assert_close(summed, outcome[:, None] + process)
     # some steps contain an 'a' and some do not, so the process advantages are not all 0
-    assert process_only.advantages.abs().sum() > 0
+    assert process.abs().sum() > 0
 
 
 def test_digit_sum_steps_scores_the_demo_format_inside_the_trainer(tmp_path, single_thread):
@@ -273,9 +271,9 @@ def test_digit_sum_steps_scores_the_demo_format_inside_the_trainer(tmp_path, sin
                       completion_ids=completion_ids, completion_mask=completion_ids != 0,
                       sampling_logp=torch.zeros(2, width), truncated=torch.zeros(2, dtype=torch.bool),
                       group_size=2)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    scores, advantages = trainer.score_process([ROWS[1]], rollout, texts)
-    assert scores == [[1.0, 1.0], [1.0, 0.0]]
+    scored = trainer.score([ROWS[1]], rollout)
+    advantages = trainer.advantages(scored, rollout.completion_mask.float())
+    assert scored.step_rewards == [[1.0, 1.0], [1.0, 0.0]]
     # R = [1, 1, 1, 0]: mean 3/4, sample std 1/2, so 1 -> 0.5 and 0 -> -1.5 (eps 1e-4 aside);
     # steps end at token 4 ("a1=1" after <reasoning>) and at 13 (</answer>) / 9 (the "5")
     expected = torch.zeros(2, width)

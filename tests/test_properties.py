@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from grpokit.algorithms.process import split_steps
+from grpokit.rewards.step_scores import split_steps
 from grpokit.config import ConfigError, RunConfig, Section, load_config
 from grpokit.data import boxed_answer, gsm8k_answer
 from grpokit.rewards.judge import normalise_score, parse_score

@@ -374,6 +374,15 @@ class SamplingConfig(OptimConfig):
     max_completion_length: int = Field(256, ge=1)
     """Most tokens sampled per completion."""
 
+    @field_validator("advantage_estimator", "policy_loss", "loss_type", check_fields=False)
+    @classmethod
+    def _registered(cls, name: str, info) -> str:
+        """A registered plug-in name or an import path (the registries import torch, so this
+        runs only for keys a config sets)."""
+        from grpokit.algorithms import REGISTRIES
+
+        return REGISTRIES[info.field_name].check(name)
+
 
 class GRPOConfig(SamplingConfig):
     """GRPO: one step samples ``prompts_per_step × num_generations`` completions, scores them and
@@ -395,11 +404,40 @@ class GRPOConfig(SamplingConfig):
     """Lower clip range: ratios below 1 - epsilon are clipped."""
     epsilon_high: float | None = Field(None, gt=0)
     """Upper clip range (DAPO clip-higher); None uses epsilon."""
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
-    """Loss normalisation: grpo (token mean per sequence, then mean), bnpo / dapo (token mean over
-    the batch; they differ only across processes), dr_grpo (sum / max_completion_length)."""
+    advantage_estimator: str = "grpo"
+    """How rewards become per-token advantages: grpo ((r - group mean) / scale_rewards), rloo
+    (leave-one-out baseline), reinforce_pp / reinforce_pp_baseline (REINFORCE++: normalised over
+    the batch, without or with the group mean subtracted first), process (with process_reward;
+    the default when process_reward is set), or 'package.module:function' for your own
+    (grpokit.algorithms.estimators)."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    """Divide advantages by the group's reward std, the batch's, or not at all (Dr. GRPO)."""
+    """grpo's divisor: the group's reward std, the batch's, or none (Dr. GRPO)."""
+    policy_loss: str = "clip"
+    """The per-token loss: clip (PPO/GRPO clipped surrogate with a per-token ratio; DAPO's
+    clip-higher with epsilon_high > epsilon), gspo (one length-normalised ratio per sequence),
+    gspo_token, cispo (clipped, detached importance weight times log-prob), or
+    'package.module:function' (grpokit.algorithms.policy_losses). TRL's loss_type: cispo is
+    policy_loss: cispo with loss_type: dapo."""
+    loss_type: str = "grpo"
+    """How per-token losses become the batch loss (TRL's key): grpo (token mean per sequence,
+    then mean), bnpo (token mean over each process's batch, averaged over processes), dapo
+    (token mean over the global batch), dr_grpo (token sum / (max_completion_length * B)), or
+    'package.module:function' (grpokit.algorithms.aggregations)."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """TRL's key for the ratio's level: 'sequence' selects policy_loss gspo (GSPO)."""
+    tis_cap: float | None = Field(None, gt=0)
+    """Truncated importance sampling for a sampler whose log-probs differ from the policy's (a
+    faster engine, another precision): each token's loss is weighted by
+    min(p_policy / p_sampler, tis_cap). None: off. TRL: vllm_importance_sampling_mode
+    token_truncate with vllm_importance_sampling_clip_max (3.0 there)."""
+    dynamic_sampling: Literal["off", "drop", "refill"] = "off"
+    """DAPO's dynamic sampling: 'refill' drops groups whose rewards are all equal and samples
+    more prompts until prompts_per_step groups with signal are found (at most
+    max_sampling_rounds rounds of prompts_per_step prompts); 'drop' only drops the groups whose
+    advantages are all zero (a smaller batch, no extra sampling)."""
+    max_sampling_rounds: int = Field(3, ge=1)
+    """With dynamic_sampling 'refill': the most rounds of prompts_per_step prompts sampled per
+    step (a batch still short after them trains on the groups it has)."""
     reward_weights: list[float] | None = None
     """Weight of each reward function in the total reward; None weighs each 1."""
     reward_errors: Literal["raise", "skip"] = "raise"
@@ -407,8 +445,6 @@ class GRPOConfig(SamplingConfig):
     sample and its prompt; 'skip' gives the samples it raises on None for that function
     (counted as reward/<name>/errors) and trains on. To find the samples, a failing call is
     repeated one sample at a time, so a failure costs one call per sample."""
-    importance_sampling_level: Literal["token", "sequence"] = "token"
-    """Importance ratio per token (GRPO) or one length-normalised ratio per sequence (GSPO)."""
     use_bias_correction_kl: bool = True
     """Multiply the per-token KL term by the importance ratio (gradient included), as TRL does by
     default (its name; DeepSeek-V3.2): the KL gradient is then the unbiased reverse-KL gradient,
@@ -417,6 +453,29 @@ class GRPOConfig(SamplingConfig):
     beta > 0."""
     mask_truncated_completions: bool = False
     """Leave completions that hit max_completion_length out of the loss."""
+    @model_validator(mode="before")
+    @classmethod
+    def _trl_spellings(cls, data: Any) -> Any:
+        """TRL's ways of naming a loss: ``loss_type: cispo`` (a policy loss aggregated like dapo)
+        and ``importance_sampling_level: sequence`` (GSPO); and process_reward's estimator."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        loss_type = data.get("loss_type")
+        if isinstance(loss_type, str) and "policy_loss" not in data:
+            from grpokit.algorithms import AGGREGATIONS, POLICY_LOSSES
+
+            if loss_type in POLICY_LOSSES and loss_type not in AGGREGATIONS:
+                data["policy_loss"], data["loss_type"] = loss_type, "dapo"
+        if data.get("importance_sampling_level") == "sequence":
+            chosen = data.setdefault("policy_loss", "gspo")
+            if chosen not in ("gspo", "gspo_token"):
+                raise ValueError(f"importance_sampling_level 'sequence' is GSPO's ratio, but policy_loss is "
+                                 f"{chosen!r}; set policy_loss: gspo (or gspo_token) and drop importance_sampling_level")
+        if data.get("process_reward") and "advantage_estimator" not in data:
+            data["advantage_estimator"] = "process"
+        return data
+
     process_reward: str | None = None
     """Process supervision (DeepSeekMath §4.1.3): a registered process reward ('digit_sum_steps'),
     'package.module:function', or a sequence-classification model directory, scoring each step.
@@ -466,6 +525,14 @@ class PPOConfig(SamplingConfig):
     """Optimizer steps on each sampled batch (old log-probs and values come from sampling)."""
     micro_batch_size: int = Field(16, ge=1)
     """Completions per forward/backward pass; bounds memory only, never changes the math."""
+    advantage_estimator: str = "gae"
+    """How rewards become per-token advantages (see grpo.advantage_estimator): gae, over the
+    value model's values and KL-shaped rewards."""
+    policy_loss: str = "clip"
+    """The per-token policy loss, clipped at cliprange (see grpo.policy_loss)."""
+    loss_type: str = "bnpo"
+    """How per-token policy losses become the batch loss (see grpo.loss_type): bnpo, a token
+    mean over the batch, as TRL's PPO."""
     gamma: float = Field(1.0, ge=0, le=1)
     """Discount over completion tokens (InstructGPT: 1, no discount)."""
     lam: float = Field(0.95, ge=0, le=1)

@@ -8,8 +8,9 @@ Every trainer works the same way on one process or on N:
   communication;
 - **sampling**: the random numbers of the whole global batch are drawn on every rank and each
   rank uses its rows, so what is sampled does not depend on the number of ranks;
-- **loss**: token weights are computed from the global batch's completion lengths
-  (:func:`gather_rows`), and each rank's loss is its share of the global loss; the engine
+- **loss**: advantages that need batch statistics are estimated on the gathered batch
+  (:func:`gather_advantage_inputs`), token weights use the global batch's token and row counts,
+  and each rank's loss is its share of the global loss; the engine
   averages gradients over ranks, so the backward pass scales the share by N
   (:attr:`Ranks.grad_scale`);
 - **engines**: DDP (``distributed: ddp``) or FSDP2 (``distributed: fsdp2``, ``fully_shard`` per
@@ -32,6 +33,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from grpokit.algorithms.estimators import AdvantageInputs
 from grpokit.errors import Terminated
 
 
@@ -263,3 +265,22 @@ def reduce_metrics(metrics: dict) -> dict:
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, metrics)
     return combine_metrics(parts)
+
+
+def gather_advantage_inputs(inputs: AdvantageInputs) -> tuple[AdvantageInputs, slice]:
+    """Every rank's ``AdvantageInputs`` (outcome rewards, loss-mask lengths, step scores) as one
+    global batch, and the slice of its rows that is this rank's; on one process, ``inputs``
+    itself. Ranks may hold different numbers of rows (dynamic sampling)."""
+    if not ranks().enabled:
+        return inputs, slice(None)
+    sizes = gather_lists([inputs.mask.shape[0]])
+    first = sum(sizes[: ranks().rank])
+    lengths = torch.tensor(gather_lists(inputs.mask.sum(1).long().tolist()))  # masks are a prefix of ones
+    width = max(int(lengths.max()), inputs.mask.shape[1])
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).to(inputs.mask.dtype)
+    group = inputs.group_size
+    rewards = (torch.tensor(gather_lists(inputs.rewards.tolist()), dtype=inputs.rewards.dtype)
+               if inputs.rewards is not None else None)
+    steps = (gather_lists(inputs.step_rewards), gather_lists(inputs.step_ends)) if inputs.step_rewards else (None, None)
+    everything = AdvantageInputs(rewards, torch.arange(mask.shape[0]) // group, mask, *steps)
+    return everything, slice(first, first + inputs.mask.shape[0])

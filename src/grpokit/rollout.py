@@ -293,3 +293,32 @@ def _decode(model, logits, cache, prompt_mask, params, eos_token_id, uniforms, k
         cache, logits = out.cache, out.logits[:, -1].float()
     truncated = ~finished
     return tokens, logps, lengths, truncated
+
+
+def select_groups(rollout: Rollout, groups: torch.Tensor) -> Rollout:
+    """The rollout of the groups (prompts) at indices ``groups``, in that order.
+
+    >>> r = Rollout(torch.tensor([[5], [6]]), torch.ones(2, 1), torch.tensor([[1], [2], [3], [4]]),
+    ...             torch.ones(4, 1), torch.zeros(4, 1), torch.zeros(4, dtype=torch.bool), group_size=2)
+    >>> select_groups(r, torch.tensor([1])).completion_ids.tolist()
+    [[3], [4]]
+    """
+    rows = (groups[:, None] * rollout.group_size + torch.arange(rollout.group_size)).flatten()
+    return Rollout(rollout.prompt_ids[groups], rollout.prompt_mask[groups], rollout.completion_ids[rows],
+                   rollout.completion_mask[rows], rollout.sampling_logp[rows], rollout.truncated[rows],
+                   rollout.group_size)
+
+
+def concat_rollouts(parts: list[Rollout]) -> Rollout:
+    """One rollout of several (same group size): prompts left-padded and completions right-padded
+    to the widest part (padding id 0, mask 0)."""
+    prompt_width = max(p.prompt_ids.shape[1] for p in parts)
+    width = max(p.completion_ids.shape[1] for p in parts)
+    left = lambda t, w: torch.nn.functional.pad(t, (w - t.shape[1], 0))  # noqa: E731
+    right = lambda t, w: torch.nn.functional.pad(t, (0, w - t.shape[1]))  # noqa: E731
+    return Rollout(torch.cat([left(p.prompt_ids, prompt_width) for p in parts]),
+                   torch.cat([left(p.prompt_mask, prompt_width) for p in parts]),
+                   torch.cat([right(p.completion_ids, width) for p in parts]),
+                   torch.cat([right(p.completion_mask, width) for p in parts]),
+                   torch.cat([right(p.sampling_logp, width) for p in parts]),
+                   torch.cat([p.truncated for p in parts]), parts[0].group_size)

@@ -3,8 +3,8 @@
 Under the Bradley–Terry model the probability that a human prefers the chosen response over the
 rejected one is ``sigmoid(r_chosen - r_rejected)``; a reward model is trained by maximising the
 log of that probability over preference pairs (InstructGPT; DeepSeekMath initialises its reward
-model from the base model and trains it at lr 2e-5, ALGORITHMS.md §1.5; R1's helpful reward
-model is trained on 66,000 pairs, §2.2).
+model from the base model and trains it at lr 2e-5, DeepSeekMath §4.2; R1's helpful reward
+model is trained on 66,000 pairs, per the DeepSeek-R1 Nature paper).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Replay for iterative reward-model training (DeepSeekMath Algorithm 1, ALGORITHMS.md §1.4).
+"""Replay for iterative reward-model training (DeepSeekMath Algorithm 1).
 
 After each GRPO iteration the reward model keeps training "on data sampled from the policy,
 with a replay mechanism that mixes in 10% historical data". ``ReplayBuffer`` holds the items of

@@ -1,4 +1,4 @@
-"""The language-consistency reward of DeepSeek-R1 (R1-Nat Eq. 7, ALGORITHMS.md §2.2).
+"""The language-consistency reward of DeepSeek-R1 (the DeepSeek-R1 Nature paper, Eq. 7).
 
 R = Num(target-language words in the reasoning) / Num(words in the reasoning).
 

@@ -1,6 +1,6 @@
 """Length rewards measured in completion tokens (``completion_ids``).
 
-``soft_overlong`` is DAPO's soft overlong punishment (ALGORITHMS.md §3.1, Eq. 13), meant to be
+``soft_overlong`` is DAPO's soft overlong punishment (DAPO Eq. 13), meant to be
 added to a correctness reward; ``length_penalty`` is a plain linear penalty past a target
 length. In a YAML config, with ``grpo.max_completion_length: 512``::
 

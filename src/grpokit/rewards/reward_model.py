@@ -143,7 +143,7 @@ class RewardModelScorer:
         batch_size: texts per forward pass (memory bound only; scores do not depend on it).
         score_on: 'full' scores prompt + whole completion; 'answer' scores prompt + the text
             inside the completion's last ``<answer>…</answer>`` (R1's helpful reward model reads
-            only the final summary, ALGORITHMS.md §2.2); a completion without one gets None.
+            only the final summary, per the DeepSeek-R1 Nature paper); a completion without one gets None.
         scale, shift: the reward is ``scale * score + shift`` (to standardise with the held-out
             score mean m and std s from the training summary: scale = 1/s, shift = -m/s).
         max_length: keep only the last this many tokens of each text (None: keep all).

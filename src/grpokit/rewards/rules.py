@@ -1,7 +1,7 @@
 """Rule rewards for tagged completions: ``<reasoning>…</reasoning><answer>…</answer>``.
 
 The tag names are keyword arguments, so a YAML config can ask for the DeepSeek-R1 template
-(ALGORITHMS.md §2.2)::
+(DeepSeek-R1 Table 1)::
 
     rewards:
       - {name: format, reasoning_tag: think, answer_tag: answer}

@@ -1,70 +1,112 @@
 """The GRPO trainer: sample groups, score them, take clipped policy-gradient steps.
 
-One step (what ``max_steps`` counts):
+One step (what ``max_steps`` counts) is :meth:`GRPOTrainer.step`, read top to bottom:
 
-1. take ``prompts_per_step`` (P) prompts and sample ``num_generations`` (G) completions each,
-   every prompt encoded once with its KV cache shared by its G completions;
-2. score the P·G completions with every reward function and sum them with ``reward_weights``;
-3. turn the total into group-relative advantages (``scale_rewards``); with ``process_reward``,
-   score each reasoning step and add per-token process advantages (DeepSeekMath §4.1.3), which
-   replace the outcome ones when there are no reward functions;
-4. take ``num_iterations`` (μ) optimizer steps on the whole batch, each accumulating gradients
-   over micro-batches of ``micro_batch_size`` completions. Loss normalisers come from the full
-   batch, so the micro-batch size bounds memory and never changes the math;
-5. every ``ref_model_sync_steps`` steps move the reference model to the policy (iterative GRPO),
-   then call each callback's ``on_step_end(trainer, step, batch, metrics)``.
+1. **sample**: ``prompts_per_step`` (P) prompts, ``num_generations`` (G) completions each, every
+   prompt encoded once with its KV cache shared by its G completions;
+2. **score**: every reward function, summed with ``reward_weights`` (and the process reward's
+   step scores with ``process_reward``); with ``dynamic_sampling: refill`` groups whose rewards
+   are all equal are dropped and more prompts sampled, up to ``max_sampling_rounds`` rounds;
+3. **advantages**: the ``advantage_estimator`` (per token); ``dynamic_sampling: drop`` drops
+   the groups left without any (a batch where no group has any is kept whole);
+4. **reference**: the frozen reference's log-probs when ``beta > 0``, and the loss weights of the
+   ``loss_type`` aggregation from the whole batch;
+5. **update**: ``num_iterations`` (μ) optimizer steps on the whole batch, each accumulating
+   gradients over micro-batches of ``micro_batch_size`` completions (the ``policy_loss``);
+   weights come from the full batch, so the micro-batch size bounds memory and never changes
+   the math; then every ``ref_model_sync_steps`` steps the reference moves to the policy;
+6. **metrics**, then each callback's ``on_step_end(trainer, step, batch, metrics)``.
 
-Checkpoints, exact resume, skipped non-finite updates, ``request_stop`` and ``rollback`` come
-from ``grpokit.trainers.loop.TrainingLoop``. Under torchrun each rank samples and scores its
-share of the prompts, the loss weights come from the global batch's completion lengths, and the
-step's metrics are reduced over ranks (``grpokit.distributed``).
-
-The trainer is algorithm-blind: it hands log-probs, advantages, masks and token weights to
-``grpokit.algorithms.policy_loss``; ``loss_type`` only picks the token weights by name.
+The trainer names no algorithm: the estimator, the loss and the aggregation come from their
+registries (``grpokit.algorithms``) by the config's names. Checkpoints, exact resume, skipped
+non-finite updates, ``request_stop`` and ``rollback`` come from
+``grpokit.trainers.loop.TrainingLoop``. Under torchrun each rank samples and scores its share of
+the prompts, estimates advantages on the gathered batch, weighs tokens by the global batch's
+totals, and the step's metrics are reduced over ranks (``grpokit.distributed``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import set_seed
 
 from grpokit.algorithms import (
+    ADVANTAGE_ESTIMATORS,
+    AGGREGATIONS,
+    POLICY_LOSSES,
+    AdvantageInputs,
+    BatchTotals,
+    LossSettings,
     PolicyLossInputs,
-    group_advantages,
-    policy_loss,
-    process_advantages,
-    split_steps,
-    step_end_tokens,
-    token_weights,
 )
+from grpokit.algorithms.dynamic_sampling import group_rows, groups_with_advantage, groups_with_varied_rewards
+from grpokit.algorithms.sampler_correction import truncated_importance_weights
 from grpokit.config import GRPOConfig
-from grpokit.distributed import add_stats, gather_rows, reduce_metrics, stats_across
+from grpokit.distributed import add_stats, any_across, gather_advantage_inputs, reduce_metrics, stats_across, sum_across
 from grpokit.engines import shard
 from grpokit.errors import ConfigError
 from grpokit.rewards import RewardBatch, reward_metrics, score_completions
-from grpokit.rewards.process import resolve_process_reward, score_steps
-from grpokit.rollout import Rollout
+from grpokit.rewards.step_scores import StepScorer, resolve_process_reward
+from grpokit.rollout import Rollout, concat_rollouts, select_groups
 from grpokit.trainers.common import is_peft, resolve_model
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 from grpokit.trainers.rollouts import RolloutTrainer
 
 
 @dataclass
+class Scored:
+    """A sampled batch and its scores (N = P·G rows, groups contiguous)."""
+
+    rollout: Rollout
+    rewards: RewardBatch | None  # None when only a process reward is configured
+    step_rewards: list[list[float]] | None = None  # one score per reasoning step, with process_reward
+    step_ends: list[list[int]] | None = None  # the token each step ends in
+    prompts_drawn: int = 0  # prompts sampled for this batch (more than P with refill)
+
+    def groups(self, keep: torch.Tensor) -> "Scored":
+        """The groups where ``keep`` (``(n_groups,)`` bool) holds."""
+        groups, rows = keep.nonzero().flatten(), group_rows(keep, self.rollout.group_size)
+        pick = lambda items: [items[i] for i in rows.tolist()] if items is not None else None  # noqa: E731
+        rewards = (replace(self.rewards, per_func=self.rewards.per_func[rows], total=self.rewards.total[rows])
+                   if self.rewards is not None else None)
+        return Scored(select_groups(self.rollout, groups), rewards, pick(self.step_rewards),
+                      pick(self.step_ends), self.prompts_drawn)
+
+
+def concat_scored(parts: list[Scored]) -> Scored:
+    """One batch of several rounds' kept groups."""
+    if len(parts) == 1:
+        return parts[0]
+    rewards = None
+    if parts[0].rewards is not None:
+        first = parts[0].rewards
+        errors = ({name: sum(p.rewards.errors[name] for p in parts) for name in first.errors}
+                  if first.errors is not None else None)
+        rewards = RewardBatch(torch.cat([p.rewards.per_func for p in parts]),
+                              torch.cat([p.rewards.total for p in parts]), first.names, errors)
+    join = lambda key: None if getattr(parts[0], key) is None else [x for p in parts for x in getattr(p, key)]  # noqa: E731
+    return Scored(concat_rollouts([p.rollout for p in parts]), rewards, join("step_rewards"), join("step_ends"),
+                  sum(p.prompts_drawn for p in parts))
+
+
+@dataclass
 class StepBatch:
-    """Everything the policy update needs from one sampled and scored batch (N = P·G rows)."""
+    """Everything the policy update needs from one sampled and scored batch (N rows)."""
 
     rollout: Rollout
     rewards: RewardBatch | None  # None when only a process reward is configured
     step_rewards: list[list[float]] | None  # one score per reasoning step, with process_reward
-    advantages: torch.Tensor  # (N,), or (N, Tc) with process_reward
+    advantages: torch.Tensor  # (N, Tc) per-token advantages
     loss_mask: torch.Tensor  # (N, Tc) completion tokens that enter the loss
     weights: torch.Tensor  # (N, Tc) per-token loss weights from the full batch
     ref_logp: torch.Tensor | None  # (N, Tc) or None when beta == 0
+    old_logp: torch.Tensor | None = None  # (N, Tc) the policy's own, when the sampler's are corrected
+    sampling: dict | None = None  # prompts drawn, groups kept and dropped, rounds
 
 
 class GRPOTrainer(RolloutTrainer):
@@ -92,6 +134,11 @@ class GRPOTrainer(RolloutTrainer):
         self.init_rewards(reward_funcs, train_dataset, "GRPOTrainer")
         if not self.reward_funcs and args.process_reward is None:
             raise ConfigError("GRPOTrainer needs at least one reward function (or args.process_reward)")
+        self.estimator = ADVANTAGE_ESTIMATORS.get(args.advantage_estimator)
+        self.policy_loss = POLICY_LOSSES.get(args.policy_loss)
+        self.aggregation = AGGREGATIONS.get(args.loss_type)
+        self.loss_settings = LossSettings(args.epsilon, args.epsilon_high or args.epsilon, args.beta,
+                                          args.use_bias_correction_kl)
         self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
                                                                 peft_config)
         # the reference: none without KL; the base with adapters off under LoRA; else a copy
@@ -99,8 +146,8 @@ class GRPOTrainer(RolloutTrainer):
         if args.ref_model_sync_steps and self.ref_model is None:
             raise ConfigError("ref_model_sync_steps needs its own reference model: set beta > 0 and "
                              "train without LoRA (under LoRA the reference is the adapter-free base)")
-        self.process_reward = (resolve_process_reward(args.process_reward, self.device)
-                               if args.process_reward else None)
+        self.step_scorer = (StepScorer(resolve_process_reward(args.process_reward, self.device), args.step_separator)
+                            if args.process_reward else None)
         self.init_loop(callbacks)
         if self.engine.sharded:
             self.check_shardable()
@@ -115,73 +162,121 @@ class GRPOTrainer(RolloutTrainer):
         if self.args.ref_model_sync_steps:
             raise ConfigError("distributed: fsdp2 does not support ref_model_sync_steps; use ddp")
 
-    # ----------------------------------------------------------------- one step, as data
-    def sample_and_score(self, rows: list[dict], timings: dict) -> StepBatch:
-        """Sample G completions per row, score them, and compute advantages and weights."""
+    # ----------------------------------------------------------------- one step, top to bottom
+    def step(self) -> dict[str, float]:
+        """Sample, score and learn from one batch of ``prompts_per_step`` prompts."""
+        args, timings, started = self.args, {}, time.perf_counter()
+        batch = self.sample_batch(timings)  # 1-4: sample, score, advantages, reference
+
+        # 5. update: μ optimizer steps on the whole batch ---------------------------------------
+        tic = time.perf_counter()
+        passes = [self.policy_pass(batch) for _ in range(args.num_iterations)]
+        if args.ref_model_sync_steps and (self.step_index + 1) % args.ref_model_sync_steps == 0:
+            self.sync_reference()
+        timings["train"] = time.perf_counter() - tic
+        timings["step"] = time.perf_counter() - started
+
+        # 6. metrics ----------------------------------------------------------------------------
+        self.step_index += 1
+        metrics = reduce_metrics(step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
+                                              args.num_generations))
+        problem = next((p["problem"] for p in passes if p["problem"]), None)
+        return self.end_step(batch, metrics, problem)
+
+    def sample_batch(self, timings: dict) -> StepBatch:
+        """Steps 1-4 of :meth:`step`: the sampled, scored batch with its advantages, reference
+        log-probs and loss weights."""
         args = self.args
-        rollout = self.sample(rows, timings)
-        started = time.perf_counter()
-        texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        rewards = self.score(rows, rollout, texts) if self.reward_funcs else None
-        advantages = self.outcome_advantages(rewards.total) if rewards is not None else None  # (N,)
-        step_rewards = None
-        if self.process_reward is not None:
-            step_rewards, process = self.score_process(rows, rollout, texts)  # (N, Tc)
-            advantages = process if advantages is None else advantages[:, None] + process
-        timings["score"] = time.perf_counter() - started
+
+        # 1-2. sample and score (more rounds with dynamic_sampling: refill) -------------------
+        scored, rounds = self.sample_and_score(timings)
+        rollout = scored.rollout
+
+        # 3. advantages -----------------------------------------------------------------------
         loss_mask = rollout.completion_mask.float()  # (N, Tc)
         if args.mask_truncated_completions:
             loss_mask = loss_mask * (~rollout.truncated).float()[:, None]
-        weights = self.loss_weights(loss_mask)
-        started = time.perf_counter()
-        ref_logp = self.reference_logprobs(rollout) if args.beta > 0 else None
-        timings["reference"] = time.perf_counter() - started
-        return StepBatch(rollout, rewards, step_rewards, advantages, loss_mask, weights, ref_logp)
+        advantages = self.advantages(scored, loss_mask)  # (N, Tc)
+        keep = groups_with_advantage(advantages, loss_mask, rollout.group_size)  # (n_groups,)
+        if args.dynamic_sampling == "drop" and keep.any():  # a batch with no signal at all stays whole
+            rows = group_rows(keep, rollout.group_size)
+            scored, advantages, loss_mask = scored.groups(keep), advantages[rows], loss_mask[rows]
+            rollout = scored.rollout
+        sampling = {"prompts_drawn": scored.prompts_drawn, "groups_kept": rollout.num_completions // rollout.group_size,
+                    "rounds": rounds}
 
-    def outcome_advantages(self, total: torch.Tensor) -> torch.Tensor:
-        """Group-relative advantages ``(N,)`` of this rank's rows. A rank holds whole groups, so
-        these need no communication, except ``scale_rewards: batch``, whose std is taken over
-        every rank's rewards (gathered)."""
-        args = self.args
-        if not self.ranks.enabled or args.scale_rewards != "batch":
-            return group_advantages(total, args.num_generations, args.scale_rewards)
-        first = self.ranks.row_offset(total.shape[0])
-        everything = gather_rows(total)  # (global N,)
-        advantages = group_advantages(everything, args.num_generations, args.scale_rewards)
-        return advantages[first : first + total.shape[0]]
+        # 4. reference log-probs and loss weights ----------------------------------------------
+        tic = time.perf_counter()
+        ref_logp = self.reference_logprobs(rollout) if args.beta > 0 else None
+        # the sampler's log-probs are corrected against the policy's own (TIS); with μ = 1 those
+        # are the training forward's, otherwise one no-grad pass before the first update
+        old_logp = self.policy_logprobs(rollout) if args.tis_cap and args.num_iterations > 1 else None
+        timings["reference"] = time.perf_counter() - tic
+        weights = self.loss_weights(loss_mask)  # (N, Tc)
+        return StepBatch(rollout, scored.rewards, scored.step_rewards, advantages, loss_mask, weights,
+                         ref_logp, old_logp, sampling)
+
+    # ----------------------------------------------------------------- the stages
+    def sample_and_score(self, timings: dict) -> tuple[Scored, int]:
+        """This rank's share of P prompts, sampled and scored; with ``dynamic_sampling: refill``,
+        only groups whose rewards differ, drawing more rounds of P prompts until this rank has its
+        share or ``max_sampling_rounds`` were drawn (every rank draws as many rounds)."""
+        args, kept, rounds = self.args, [], 0
+        needed = args.prompts_per_step // self.ranks.world_size
+        while True:
+            rows = self.ranks.shard(self.stream.next_batch(args.prompts_per_step))
+            rollout = self.sample(rows, timings)
+            tic = time.perf_counter()
+            scored = self.score(rows, rollout)
+            timings["score"] = timings.get("score", 0.0) + time.perf_counter() - tic
+            rounds += 1
+            if args.dynamic_sampling != "refill":
+                return scored, rounds
+            kept.append(scored.groups(groups_with_varied_rewards(scored.rewards.total, rollout.group_size)))
+            have = sum(k.rollout.num_completions for k in kept) // rollout.group_size
+            if not any_across(have < needed) or rounds >= args.max_sampling_rounds:
+                break
+        if have == 0:  # no group with signal in any round: train on the last one as it is
+            return scored, rounds
+        batch = concat_scored(kept)
+        keep = torch.arange(batch.rollout.num_completions // rollout.group_size) < needed
+        return batch.groups(keep), rounds
+
+    def score(self, rows: list[dict], rollout: Rollout) -> Scored:
+        """Every reward function on the completions, and the process reward's step scores."""
+        texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        inputs = self.reward_inputs(rows, rollout)
+        rewards = (score_completions(self.reward_funcs, completions=texts, weights=self.args.reward_weights,
+                                     on_error=self.args.reward_errors, **inputs)
+                   if self.reward_funcs else None)
+        steps = (self.step_scorer(texts, tokenizer=self.tokenizer, **inputs)
+                 if self.step_scorer is not None else (None, None))
+        return Scored(rollout, rewards, *steps, prompts_drawn=len(rows))
+
+    def advantages(self, scored: Scored, loss_mask: torch.Tensor) -> torch.Tensor:
+        """The estimator's per-token advantages ``(N, Tc)`` of this rank's rows, estimated on the
+        gathered global batch under torchrun (batch statistics see every rank's rewards)."""
+        rollout = scored.rollout
+        group_ids = torch.arange(rollout.num_completions) // rollout.group_size
+        inputs = AdvantageInputs(scored.rewards.total if scored.rewards is not None else None, group_ids,
+                                 loss_mask, scored.step_rewards, scored.step_ends)
+        everything, mine = gather_advantage_inputs(inputs)
+        return self.estimator(everything, self.args)[mine, : loss_mask.shape[1]].float()
 
     def loss_weights(self, loss_mask: torch.Tensor) -> torch.Tensor:
-        """Per-token loss weights ``(N, Tc)`` of this rank's rows, normalised over the global
-        batch: under torchrun from every rank's loss-mask lengths (masks are a prefix of ones)."""
-        args = self.args
-        if not self.ranks.enabled:
-            return token_weights(loss_mask, args.loss_type, args.max_completion_length)
-        lengths = gather_rows(loss_mask.sum(1).long())  # (global N,)
-        width = max(int(lengths.max()), loss_mask.shape[1])
-        mask = (torch.arange(width)[None, :] < lengths[:, None]).float()  # (global N, width)
-        first = self.ranks.row_offset(loss_mask.shape[0])
-        weights = token_weights(mask, args.loss_type, args.max_completion_length)
-        return weights[first : first + loss_mask.shape[0], : loss_mask.shape[1]]
+        """Per-token loss weights ``(N, Tc)`` of this rank's rows from the global batch's totals."""
+        totals = sum_across({"tokens": float(loss_mask.sum()), "rows": float(loss_mask.shape[0])})
+        return self.aggregation(loss_mask, BatchTotals(totals["tokens"], int(totals["rows"]),
+                                                       self.ranks.world_size, self.args.max_completion_length))
 
-    def score(self, rows: list[dict], rollout: Rollout, texts: list[str]) -> RewardBatch:
-        return score_completions(self.reward_funcs, completions=texts, weights=self.args.reward_weights,
-                                 on_error=self.args.reward_errors, **self.reward_inputs(rows, rollout))
-
-    def score_process(self, rows: list[dict], rollout: Rollout, texts: list[str]
-                      ) -> tuple[list[list[float]], torch.Tensor]:
-        """Score each reasoning step; return the scores and the (N, Tc) process advantages."""
-        spans = [split_steps(text, self.args.step_separator) for text in texts]
-        steps = [[text[start:end] for start, end in row] for text, row in zip(texts, spans)]
-        inputs = self.reward_inputs(rows, rollout)
-        scores = score_steps(self.process_reward, completions=texts, steps=steps, **inputs)
-        ends = [step_end_tokens([end for _, end in row], self.decoded_length(ids), len(ids))
-                for row, ids in zip(spans, inputs["completion_ids"])]
-        return scores, process_advantages(scores, ends, self.args.num_generations,
-                                          rollout.completion_ids.shape[1])
-
-    def decoded_length(self, ids: list[int]):
-        """``k -> len(decode(ids[:k]))``: maps character positions to tokens for any tokenizer."""
-        return lambda k: len(self.tokenizer.decode(ids[:k], skip_special_tokens=True))
+    @torch.no_grad()
+    def policy_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """The policy's log-probs ``(N, Tc)`` of the sampled tokens before any update (no grad)."""
+        old = torch.zeros(rollout.completion_ids.shape)
+        for micro in self.micro_batches(rollout):
+            logp = self._logprobs(self.model, rollout, micro, False)[0]
+            old[micro.rows, : logp.shape[1]] = logp.float().cpu()
+        return old
 
     def policy_pass(self, batch: StepBatch) -> dict:
         """One optimizer step on the whole batch; returns that pass's loss statistics and, under
@@ -202,30 +297,19 @@ class GRPOTrainer(RolloutTrainer):
         logp, entropy = self._logprobs(self.model, batch.rollout, micro, with_entropy=True, training=True)
         rows, width = micro.rows, logp.shape[1]
         take = lambda t: t[rows, :width].to(self.device)  # noqa: E731
-        old = logp.detach() if args.num_iterations == 1 else take(batch.rollout.sampling_logp)
-        ref = take(batch.ref_logp) if batch.ref_logp is not None else None
+        if batch.old_logp is not None:
+            old = take(batch.old_logp)
+        else:
+            old = logp.detach() if args.num_iterations == 1 else take(batch.rollout.sampling_logp)
         mask = take(batch.loss_mask)
-        advantages = (take(batch.advantages) if batch.advantages.dim() == 2
-                      else batch.advantages[rows].to(self.device))  # (n, w) or (n,)
-        inputs = PolicyLossInputs(logp, old, advantages, mask, take(batch.weights), ref)
-        loss, stats = policy_loss(inputs, epsilon_low=args.epsilon,
-                                  epsilon_high=args.epsilon_high or args.epsilon,
-                                  beta=args.beta,
-                                  importance_sampling_level=args.importance_sampling_level,
-                                  use_bias_correction_kl=args.use_bias_correction_kl)
+        sampler_weights = (truncated_importance_weights(old, take(batch.rollout.sampling_logp), mask, args.tis_cap)
+                           if args.tis_cap else None)
+        inputs = PolicyLossInputs(logp, old, take(batch.advantages), mask,
+                                  take(batch.ref_logp) if batch.ref_logp is not None else None, sampler_weights)
+        per_token, stats = self.policy_loss(inputs, self.loss_settings)
+        loss = (per_token * take(batch.weights)).sum()
         (loss * self.ranks.grad_scale).backward()
         return {**stats, "loss": loss.detach(), "entropy_sum": (entropy.detach() * mask).sum()}
-
-    def updates(self, batch: StepBatch) -> list[dict]:
-        """μ = ``num_iterations`` optimizer steps on the batch; then the iterative-GRPO reference sync."""
-        passes = [self.policy_pass(batch) for _ in range(self.args.num_iterations)]
-        if self.args.ref_model_sync_steps and (self.step_index + 1) % self.args.ref_model_sync_steps == 0:
-            self.sync_reference()
-        return passes
-
-    def batch_metrics(self, batch: StepBatch, passes: list[dict], timings: dict) -> dict[str, float]:
-        return reduce_metrics(step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
-                                           self.args.num_generations))
 
     @torch.no_grad()
     def sync_reference(self) -> None:
@@ -262,9 +346,10 @@ class GRPOTrainer(RolloutTrainer):
 def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
                  group_size: int) -> dict[str, float]:
     """The per-step metrics written to metrics.jsonl."""
-    rollout, adv = batch.rollout, batch.advantages
-    if adv.dim() == 2:  # per-token advantages: summarise them over the completions' tokens
-        adv = adv[rollout.completion_mask.bool()]
+    rollout = batch.rollout
+    adv = batch.advantages[batch.loss_mask > 0]  # over the tokens that enter the loss
+    if adv.numel() == 0:
+        adv = batch.advantages.new_zeros(1)
     lengths = rollout.completion_lengths().float()  # (N,)
     tokens = max(sum(p["tokens"] for p in passes), 1.0)
     clip_units = max(sum(p["clip_units_sum"] for p in passes), 1.0)  # tokens, or sequences (GSPO)
@@ -282,6 +367,8 @@ def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
         "clip_ratio/region_mean": mean_over("clip_region_sum", clip_units),
         "clip_ratio/low_min": min(p["clip_low_min"] for p in passes),
         "clip_ratio/high_max": max(p["clip_high_max"] for p in passes),
+        **({"sampling/importance_weight_max": max(p["sampler_weight_max"] for p in passes)}
+           if "sampler_weight_max" in passes[0] else {}),
         "completion/mean_length": lengths.mean().item(),
         "completion/min_length": lengths.min().item(),
         "completion/max_length": lengths.max().item(),
@@ -289,6 +376,7 @@ def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
         "learning_rate": lr, "grad_norm": sum(p["grad_norm"] for p in passes) / len(passes),
         **{f"time/{k}": v for k, v in timings.items()},
         "completion_tokens_per_s": lengths.sum().item() / timings["step"],
+        **({f"sampling/{k}": float(v) for k, v in batch.sampling.items()} if batch.sampling else {}),
     }
     return metrics
 

@@ -1,6 +1,6 @@
 """The PPO trainer (RLHF style): policy, frozen reference and a value model, GAE advantages.
 
-The baseline GRPO is measured against (ALGORITHMS.md §3.6, §5). One step (what ``max_steps``
+The baseline GRPO is measured against. One step (what ``max_steps``
 counts):
 
 1. take ``prompts_per_step`` (P) prompts and sample ``num_generations`` (G, usually 1)
@@ -9,12 +9,12 @@ counts):
    reward functions work unchanged; the weighted total is the sequence score;
 3. in no-grad passes, take the reference's log-probs (when ``kl_coef > 0``) and the value
    model's V(s_t) at every completion position;
-4. shape per-token rewards ``-kl_coef · (log π_old - log π_ref)`` with the score added at the
-   last token, and turn them into GAE advantages and value targets (``grpokit.algorithms.gae``);
-   whiten the advantages over the batch;
+4. the ``advantage_estimator`` (``gae``: per-token rewards ``-kl_coef · (log π_old - log π_ref)``
+   with the score added at the last token, then GAE; ``grpokit.algorithms.estimators.gae``);
+   value targets are advantages + values; whiten the advantages over the batch;
 5. take ``num_ppo_epochs`` optimizer steps on the whole batch, each accumulating gradients over
-   micro-batches: loss = clipped surrogate + ``vf_coef`` × clipped value loss, both token
-   means over the batch. One AdamW covers the policy and the value model, with one gradient
+   micro-batches: loss = the ``policy_loss`` (``clip``) aggregated by ``loss_type`` (``bnpo``,
+   a token mean over the batch) + ``vf_coef`` × the clipped value loss's token mean. One AdamW covers the policy and the value model, with one gradient
    norm clip over both, as TRL's ``PolicyAndValueWrapper`` does.
 
 The value model is ``AutoModelForTokenClassification(num_labels=1)``: a per-token scalar head
@@ -38,15 +38,17 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel, set_seed
 
-from grpokit.algorithms.gae import (
-    explained_variance,
-    gae_advantages,
-    kl_shaped_rewards,
-    masked_mean,
-    masked_whiten,
-    ppo_policy_loss,
-    value_loss,
+from grpokit.algorithms import (
+    ADVANTAGE_ESTIMATORS,
+    AGGREGATIONS,
+    POLICY_LOSSES,
+    AdvantageInputs,
+    BatchTotals,
+    LossSettings,
+    PolicyLossInputs,
 )
+from grpokit.algorithms.masked import masked_mean, masked_whiten
+from grpokit.algorithms.value import explained_variance, value_loss
 from grpokit.batching import MicroBatch
 from grpokit.config import PPOConfig, write_resolved
 from grpokit.models import load_pretrained, save_model
@@ -65,6 +67,7 @@ class PPOBatch:
     rollout: Rollout
     rewards: RewardBatch
     mask: torch.Tensor  # (N, Tc) float completion mask
+    weights: torch.Tensor  # (N, Tc) the policy loss's per-token weights (its aggregation)
     old_logp: torch.Tensor  # (N, Tc) sampling-time log-probs
     ref_logp: torch.Tensor | None  # (N, Tc), None when kl_coef == 0
     old_values: torch.Tensor  # (N, Tc) sampling-time V(s_t)
@@ -125,6 +128,10 @@ class PPOTrainer(RolloutTrainer):
                  processing_class=None, peft_config=None, callbacks=None):
         self.args = args = args or PPOConfig()
         self.init_rewards(reward_funcs, train_dataset, "PPOTrainer")
+        self.estimator = ADVANTAGE_ESTIMATORS.get(args.advantage_estimator)
+        self.policy_loss = POLICY_LOSSES.get(args.policy_loss)
+        self.aggregation = AGGREGATIONS.get(args.loss_type)
+        self.loss_settings = LossSettings(args.cliprange, args.cliprange)
         # the value model copies the policy's backbone before LoRA (if any) wraps the policy; its
         # scalar head is drawn from the seeded torch RNG
         set_seed(args.seed)
@@ -150,30 +157,55 @@ class PPOTrainer(RolloutTrainer):
         self.optimizer, self.scheduler = build_optimizer(self.trained_models, self.args,
                                                          total_updates)
 
-    # ----------------------------------------------------------------- one step, as data
-    def sample_and_score(self, rows: list[dict], timings: dict) -> PPOBatch:
-        """Sample, score, and compute KL-shaped rewards, values, advantages and returns."""
+    # ----------------------------------------------------------------- one step, top to bottom
+    def step(self) -> dict[str, float]:
+        """Sample, score and learn from one batch of ``prompts_per_step`` prompts."""
+        args, timings, started = self.args, {}, time.perf_counter()
+
+        batch = self.sample_batch(timings)  # 1-4: sample, score, values, advantages
+
+        # 5. update: num_ppo_epochs optimizer steps on the whole batch ---------------------------
+        tic = time.perf_counter()
+        passes = [self.ppo_pass(batch) for _ in range(args.num_ppo_epochs)]
+        timings["train"] = time.perf_counter() - tic
+        timings["step"] = time.perf_counter() - started
+
+        # 6. metrics ----------------------------------------------------------------------------
+        self.step_index += 1
+        metrics = ppo_step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0], args.kl_coef)
+        problem = next((p["problem"] for p in passes if p["problem"]), None)
+        return self.end_step(batch, metrics, problem)
+
+    def sample_batch(self, timings: dict) -> PPOBatch:
+        """Steps 1-4 of :meth:`step`: the sampled, scored batch with its reference log-probs,
+        values, advantages, returns and loss weights."""
         args = self.args
+        # 1-2. sample and score ---------------------------------------------------------------
+        rows = self.ranks.shard(self.stream.next_batch(args.prompts_per_step))
         rollout = self.sample(rows, timings)
-        started = time.perf_counter()
+        tic = time.perf_counter()
         rewards = self.score(rows, rollout)
-        timings["score"] = time.perf_counter() - started
-        started = time.perf_counter()
+        timings["score"] = time.perf_counter() - tic
+
+        # 3. reference log-probs and the value model's V(s_t) -----------------------------------
+        tic = time.perf_counter()
         old_logp = rollout.sampling_logp
         ref_logp = self.reference_logprobs(rollout) if args.kl_coef > 0 else None
-        timings["reference"] = time.perf_counter() - started
-        started = time.perf_counter()
+        timings["reference"] = time.perf_counter() - tic
+        tic = time.perf_counter()
         old_values = self.rollout_values(rollout)
-        timings["value"] = time.perf_counter() - started
+        timings["value"] = time.perf_counter() - tic
+
+        # 4. advantages and value targets --------------------------------------------------------
         mask = rollout.completion_mask.float()
-        token_rewards = kl_shaped_rewards(rewards.total, old_logp,
-                                          old_logp if ref_logp is None else ref_logp, mask,
-                                          args.kl_coef)
-        advantages, returns = gae_advantages(token_rewards, old_values, mask, args.gamma, args.lam)
+        inputs = AdvantageInputs(rewards.total, torch.arange(rollout.num_completions) // rollout.group_size,
+                                 mask, values=old_values, sampling_logp=old_logp, ref_logp=ref_logp)
+        advantages = self.estimator(inputs, args)  # (N, Tc)
+        returns = (advantages + old_values) * mask  # (N, Tc)
         if args.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        return PPOBatch(rollout, rewards, mask, old_logp, ref_logp, old_values, advantages,
-                        returns)
+        weights = self.aggregation(mask, BatchTotals.of(mask, args.max_completion_length))
+        return PPOBatch(rollout, rewards, mask, weights, old_logp, ref_logp, old_values, advantages, returns)
 
     def score(self, rows: list[dict], rollout: Rollout) -> RewardBatch:
         texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
@@ -215,15 +247,17 @@ class PPOTrainer(RolloutTrainer):
             take = lambda t: t[rows, :width].to(self.device)  # noqa: E731
             mask = take(batch.mask)
             share = mask.sum() / batch_tokens
-            pg_loss, pg_clipped = ppo_policy_loss(logp, take(batch.old_logp), take(batch.advantages),
-                                                  mask, args.cliprange)
+            per_token, pg_stats = self.policy_loss(
+                PolicyLossInputs(logp, take(batch.old_logp), take(batch.advantages), mask), self.loss_settings)
+            pg_loss = (per_token * take(batch.weights)).sum()  # this micro-batch's share of the batch loss
             vf_loss, vf_clipped = value_loss(values, take(batch.old_values), take(batch.returns),
                                              mask, args.cliprange_value)
-            loss = (pg_loss + args.vf_coef * vf_loss) * share
+            loss = pg_loss + args.vf_coef * vf_loss * share
             loss.backward()
             log_ratio = (logp.detach() - take(batch.old_logp)) * mask
-            stats = {"loss": loss.detach(), "policy_loss": pg_loss.detach() * share,
-                     "value_loss": vf_loss.detach() * share, "clip_frac/policy": pg_clipped * share,
+            stats = {"loss": loss.detach(), "policy_loss": pg_loss.detach(),
+                     "value_loss": vf_loss.detach() * share,
+                     "clip_frac/policy": pg_stats["clip_region_sum"] / batch_tokens,
                      "clip_frac/value": vf_clipped * share,
                      "approx_kl": 0.5 * masked_mean(log_ratio**2, mask) * share,
                      "entropy": masked_mean(entropy.detach(), mask) * share}
@@ -232,14 +266,6 @@ class PPOTrainer(RolloutTrainer):
         totals["grad_norm"], totals["problem"] = clip_and_step(
             self.trained_models, self.optimizer, self.scheduler, args.max_grad_norm, totals["loss"])
         return totals
-
-    def updates(self, batch: PPOBatch) -> list[dict]:
-        """``num_ppo_epochs`` optimizer steps on the batch."""
-        return [self.ppo_pass(batch) for _ in range(self.args.num_ppo_epochs)]
-
-    def batch_metrics(self, batch: PPOBatch, passes: list[dict], timings: dict) -> dict[str, float]:
-        return ppo_step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
-                                self.args.kl_coef)
 
     # ----------------------------------------------------------------- the loop
     def train(self, show_progress: bool = True, resume_from_checkpoint: bool | str | None = None) -> dict:

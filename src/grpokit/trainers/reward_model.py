@@ -8,7 +8,7 @@ the model in one right-padded batch and the loss is ``bradley_terry_loss`` of th
 
 The model is a local directory of a sequence classifier with one output, or of a causal LM:
 then ``AutoModelForSequenceClassification`` keeps its body and puts a new one-output score
-head on top (DeepSeekMath initialises its reward model from the base model, ALGORITHMS.md §1.5).
+head on top (DeepSeekMath initialises its reward model from the base model, DeepSeekMath §4.2).
 Checkpoints, exact resume, skipped non-finite updates, ``request_stop`` and ``rollback`` come
 from ``grpokit.trainers.loop.TrainingLoop``.
 """

@@ -148,22 +148,6 @@ class RolloutTrainer(TrainingLoop):
                 ref[micro.rows, : logp.shape[1]] = logp.float().cpu()
         return ref
 
-    def step(self) -> dict[str, float]:
-        """Sample, score and learn from one batch of ``prompts_per_step`` prompts: the subclass's
-        ``sample_and_score(rows, timings)``, ``updates(batch) -> passes`` (each pass's statistics,
-        with ``problem`` saying what was NaN/Inf) and ``batch_metrics(batch, passes, timings)``."""
-        timings, started = {}, time.perf_counter()
-        rows = self.ranks.shard(self.stream.next_batch(self.args.prompts_per_step))
-        batch = self.sample_and_score(rows, timings)
-        train_started = time.perf_counter()
-        passes = self.updates(batch)
-        timings["train"] = time.perf_counter() - train_started
-        timings["step"] = time.perf_counter() - started
-        self.step_index += 1
-        metrics = self.batch_metrics(batch, passes, timings)
-        problem = next((p["problem"] for p in passes if p["problem"]), None)
-        return self.end_step(batch, metrics, problem)
-
     def generators(self) -> dict[str, torch.Generator]:
         return {"sampling": self.generator}
 

@@ -1,81 +1,26 @@
-"""Process supervision (DeepSeekMath §4.1.3): reasoning steps, their end tokens, token advantages.
+"""Process supervision (DeepSeekMath §4.1.3): advantages from one score per reasoning step.
 
-A completion is cut into steps at a separator; a process reward scores the end of each step;
-the scores are normalised over every step of every output in the group, and a token's
-advantage is the sum of the normalised scores of the steps that end at or after it
-(ALGORITHMS.md §1.3):
+A process reward scores the end of each step (``grpokit.rewards.step_scores`` cuts the steps and
+finds the token each ends in); the scores are normalised over every step of every output in
+the group, and a token's advantage is the sum of the normalised scores of the steps that end at
+or after it:
 
-    Â_{i,t} = Σ_{index(j) ≥ t} (r_i^{index(j)} − mean(R)) / std(R)
+    A_{i,t} = sum over steps j of output i with end(j) >= t of (r_i^j - mean(R)) / std(R)
 
 so a token is credited with its own step and every later step. Tokens after the last step's
-end get 0 (no step ends at or after them).
+end get 0. With outcome rewards as well, the outcome's group-relative advantage (``grpo``) is
+added to every token.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-
-def split_steps(text: str, separator: str = "\n") -> list[tuple[int, int]]:
-    """Character spans ``(start, end)`` of the steps of ``text``, ``end`` exclusive.
-
-    Steps are the pieces between separators; the separator belongs to neither side, and
-    pieces that are empty or only whitespace are not steps.
-
-    Example (the digit-sum scratchpad, steps separated by ","):
-        >>> text = "a4=4,b7=11,,c1=12"
-        >>> spans = split_steps(text, ",")
-        >>> spans, [text[s:e] for s, e in spans]
-        ([(0, 4), (5, 10), (12, 17)], ['a4=4', 'b7=11', 'c1=12'])
-    """
-    if not separator:
-        raise ValueError("split_steps: separator is empty; expected at least one character")
-    spans, start = [], 0
-    while start <= len(text):
-        stop = text.find(separator, start)
-        end = len(text) if stop < 0 else stop
-        if text[start:end].strip():
-            spans.append((start, end))
-        if stop < 0:
-            break
-        start = stop + len(separator)
-    return spans
-
-
-def step_end_tokens(char_ends: Sequence[int], prefix_length: Callable[[int], int],
-                    num_tokens: int) -> list[int]:
-    """Index of the token in which each step's last character lies.
-
-    Works for any tokenizer: ``prefix_length(k)`` is the length of the text decoded from the
-    first ``k`` tokens, and the step ending at character ``e`` (exclusive) ends in token
-    ``k - 1`` for the smallest ``k`` whose prefix reaches ``e`` (found by binary search, so a
-    step costs about log2(num_tokens) decodes).
-
-    Args:
-        char_ends: exclusive character end of each step in the decoded completion.
-        prefix_length: decoded length of the first ``k`` tokens, non-decreasing in ``k``.
-        num_tokens: tokens in the completion.
-
-    Returns:
-        One token index per step, each in ``[0, num_tokens)``.
-
-    Example (tokens "<reasoning>", "a", "4", "=", "4", ",", "b" of the character tokenizer):
-        >>> pieces = ["<reasoning>", "a", "4", "=", "4", ",", "b"]
-        >>> step_end_tokens([15, 17], lambda k: len("".join(pieces[:k])), len(pieces))
-        [4, 6]
-    """
-    ends = []
-    for end in char_ends:
-        k = bisect_left(range(num_tokens + 1), end, key=prefix_length)
-        if k == 0 or k > num_tokens:
-            raise ValueError(f"step_end_tokens: step end at character {end} is outside the "
-                             f"{prefix_length(num_tokens)} characters decoded from {num_tokens} tokens")
-        ends.append(k - 1)
-    return ends
+from grpokit.algorithms.estimators.base import AdvantageInputs, register_advantage_estimator
+from grpokit.algorithms.estimators.group_relative import grpo_advantages
 
 
 def process_advantages(step_rewards: Sequence[Sequence[float]], step_ends: Sequence[Sequence[int]],
@@ -124,3 +69,15 @@ def process_advantages(step_rewards: Sequence[Sequence[float]], step_ends: Seque
         at_step_end.index_put_((row_ids, token_ids), normalised, accumulate=True)
     # Σ over steps ending at t or later = reverse cumulative sum along the tokens
     return at_step_end.flip(1).cumsum(1).flip(1)  # (N, T)
+
+
+@register_advantage_estimator("process")
+def process_supervision_advantages(inputs: AdvantageInputs, config) -> Tensor:
+    """Per-token process advantages, plus the outcome's GRPO advantage when there are rewards."""
+    if inputs.step_rewards is None:
+        raise ValueError("advantage_estimator 'process' needs step scores: set process_reward")
+    process = process_advantages(inputs.step_rewards, inputs.step_ends, inputs.group_size,
+                                 inputs.mask.shape[1])  # (N, T)
+    if inputs.rewards is None:
+        return process
+    return grpo_advantages(inputs, config) + process

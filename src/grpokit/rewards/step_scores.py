@@ -2,7 +2,7 @@
 
 A process reward function has the signature ``fn(prompts, completions, steps, **kwargs) ->
 list[list[float]]``. ``steps[i]`` holds the step texts of completion ``i`` (cut at
-``step_separator`` by ``grpokit.algorithms.split_steps``) and the function returns one finite
+``step_separator`` by :func:`split_steps`) and the function returns one finite
 score per step. The other keywords are the outcome-reward ones: ``completion_ids``, every
 dataset column, ``trainer_state``.
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_left
+from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -95,6 +97,92 @@ def score_steps(fn: ProcessRewardFunc, prompts: Sequence[Any], completions: Sequ
             raise ValueError(f"process reward {name!r} returned {list(scores)!r} for completion {i}; "
                              f"expected {len(expected)} finite numbers, one per step of {list(expected)!r}")
     return [[float(s) for s in scores] for scores in output]
+
+
+def split_steps(text: str, separator: str = "\n") -> list[tuple[int, int]]:
+    """Character spans ``(start, end)`` of the steps of ``text``, ``end`` exclusive.
+
+    Steps are the pieces between separators; the separator belongs to neither side, and
+    pieces that are empty or only whitespace are not steps.
+
+    Example (the digit-sum scratchpad, steps separated by ","):
+        >>> text = "a4=4,b7=11,,c1=12"
+        >>> spans = split_steps(text, ",")
+        >>> spans, [text[s:e] for s, e in spans]
+        ([(0, 4), (5, 10), (12, 17)], ['a4=4', 'b7=11', 'c1=12'])
+    """
+    if not separator:
+        raise ValueError("split_steps: separator is empty; expected at least one character")
+    spans, start = [], 0
+    while start <= len(text):
+        stop = text.find(separator, start)
+        end = len(text) if stop < 0 else stop
+        if text[start:end].strip():
+            spans.append((start, end))
+        if stop < 0:
+            break
+        start = stop + len(separator)
+    return spans
+
+
+def step_end_tokens(char_ends: Sequence[int], prefix_length: Callable[[int], int],
+                    num_tokens: int) -> list[int]:
+    """Index of the token in which each step's last character lies.
+
+    Works for any tokenizer: ``prefix_length(k)`` is the length of the text decoded from the
+    first ``k`` tokens, and the step ending at character ``e`` (exclusive) ends in token
+    ``k - 1`` for the smallest ``k`` whose prefix reaches ``e`` (found by binary search, so a
+    step costs about log2(num_tokens) decodes).
+
+    Args:
+        char_ends: exclusive character end of each step in the decoded completion.
+        prefix_length: decoded length of the first ``k`` tokens, non-decreasing in ``k``.
+        num_tokens: tokens in the completion.
+
+    Returns:
+        One token index per step, each in ``[0, num_tokens)``.
+
+    Example (tokens "<reasoning>", "a", "4", "=", "4", ",", "b" of the character tokenizer):
+        >>> pieces = ["<reasoning>", "a", "4", "=", "4", ",", "b"]
+        >>> step_end_tokens([15, 17], lambda k: len("".join(pieces[:k])), len(pieces))
+        [4, 6]
+    """
+    ends = []
+    for end in char_ends:
+        k = bisect_left(range(num_tokens + 1), end, key=prefix_length)
+        if k == 0 or k > num_tokens:
+            raise ValueError(f"step_end_tokens: step end at character {end} is outside the "
+                             f"{prefix_length(num_tokens)} characters decoded from {num_tokens} tokens")
+        ends.append(k - 1)
+    return ends
+
+
+@dataclass(frozen=True)
+class StepScorer:
+    """A process reward with its step separator: cuts each completion into steps, scores them
+    and finds the token each step ends in."""
+
+    fn: ProcessRewardFunc
+    separator: str
+
+    def __call__(self, texts: list[str], completion_ids: list[list[int]], tokenizer, **inputs: Any
+                 ) -> tuple[list[list[float]], list[list[int]]]:
+        """``inputs`` are the reward keywords (``prompts``, ``columns``, ``trainer_state``).
+
+        Returns:
+            (one score per step of each completion, the token index at which each step ends).
+        """
+        spans = [split_steps(text, self.separator) for text in texts]
+        steps = [[text[start:end] for start, end in row] for text, row in zip(texts, spans)]
+        scores = score_steps(self.fn, completions=texts, steps=steps, completion_ids=completion_ids, **inputs)
+        ends = [step_end_tokens([end for _, end in row], decoded_length(tokenizer, ids), len(ids))
+                for row, ids in zip(spans, completion_ids)]
+        return scores, ends
+
+
+def decoded_length(tokenizer, ids: list[int]) -> Callable[[int], int]:
+    """``k -> len(decode(ids[:k]))``: maps character positions to tokens for any tokenizer."""
+    return lambda k: len(tokenizer.decode(ids[:k], skip_special_tokens=True))
 
 
 # ------------------------------------------------------------------ built-in: the digit-sum scratchpad
