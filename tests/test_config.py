@@ -240,3 +240,12 @@ def test_an_empty_yaml_section_means_defaults_and_takes_overrides(tmp_path):
     path.write_text("grpo:\n")
     assert load_config(path).grpo.beta == GRPOConfig().beta
     assert load_config(path, ["grpo.beta=0.1"]).grpo.beta == 0.1
+
+
+def test_the_readme_config_reference_is_generated_from_the_config_classes():
+    from pathlib import Path
+
+    from grpokit.config import reference_markdown
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert reference_markdown().strip() in readme, "regenerate the README table: python -m grpokit.config"

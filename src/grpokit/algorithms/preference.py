@@ -9,7 +9,7 @@ model is trained on 66,000 pairs, per the DeepSeek-R1 Nature paper).
 
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401  (the doctests build their tensors with it)
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -6,7 +6,7 @@ completions of its prompt; no division by a std.
 
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401  (the doctest builds its tensors with it)
 from torch import Tensor
 
 from grpokit.algorithms.estimators.base import AdvantageInputs, per_token, register_advantage_estimator
