@@ -197,8 +197,9 @@ class GRPOTrainer(RolloutTrainer):
         if args.mask_truncated_completions:
             loss_mask = loss_mask * (~rollout.truncated).float()[:, None]
         advantages = self.advantages(scored, loss_mask)  # (N, Tc)
-        keep = groups_with_advantage(advantages, loss_mask, rollout.group_size)  # (n_groups,)
-        if args.dynamic_sampling == "drop" and keep.any():  # a batch with no signal at all stays whole
+        keep = (groups_with_advantage(advantages, loss_mask, rollout.group_size)
+                if args.dynamic_sampling == "drop" else None)  # (n_groups,)
+        if keep is not None and keep.any():  # a batch with no signal at all stays whole
             rows = group_rows(keep, rollout.group_size)
             scored, advantages, loss_mask = scored.groups(keep), advantages[rows], loss_mask[rows]
             rollout = scored.rollout
