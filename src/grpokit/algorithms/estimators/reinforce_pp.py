@@ -30,7 +30,8 @@ def batch_whiten(token_values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tenso
     valid = token_values[mask > 0]
     if valid.numel() < 2:
         return torch.zeros_like(token_values)
-    return (token_values - valid.mean()) / (valid.std() + eps) * mask
+    whitened = (token_values - valid.mean()) / (valid.std() + eps)
+    return torch.where(mask > 0, whitened, torch.zeros_like(whitened))
 
 
 @register_advantage_estimator("reinforce_pp")
