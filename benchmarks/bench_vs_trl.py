@@ -12,7 +12,10 @@ with μ = 2; L — prompts of 256 tokens (few-shot solved examples for smollm2),
 
 Reported: completion tokens per second of whole-step wall time (a step = one sampled batch and
 its μ optimizer steps; median over steps after the first), peak RSS of the process, and the
-ratios grpokit / TRL.
+ratios grpokit / TRL. Each worker also splits every step into phases (generate, score,
+reference, and train = the rest of the step: the policy forward, backward and optimizer) by
+timing the trainer's own methods, and records the process's peak RSS when each phase ends, so
+the phase that sets the peak is visible (``phases`` and ``peak_after_mb`` in the JSON).
 
 Run (TRL is an optional extra: ``pip install -e '.[bench]'``)::
 
@@ -55,6 +58,51 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class PhaseProbe:
+    """Seconds per phase of each step, and the process's peak RSS when each phase ends.
+
+    ``wrap`` times one of a trainer's methods; ``end_step`` closes a step, whose ``train`` phase
+    is what the wrapped phases leave of its wall time. Peak RSS only grows, so the first phase
+    whose ``peak_after_mb`` equals the run's peak is the one that set it.
+    """
+
+    def __init__(self):
+        self.steps: list[dict[str, float]] = []
+        self.peak_after_mb: list[dict[str, float]] = []
+        self.current: dict[str, float] = {}
+        self.current_peaks: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def wrap(self, owner, method: str, phase: str, when=lambda *a, **k: True) -> None:
+        original = getattr(owner, method)
+
+        def timed(*args, **kwargs):
+            if not when(*args, **kwargs):
+                return original(*args, **kwargs)
+            tic = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.current[phase] = self.current.get(phase, 0.0) + time.perf_counter() - tic
+                self.current_peaks[phase] = peak_rss_mb()
+
+        setattr(owner, method, timed)
+
+    def end_step(self) -> None:
+        now = time.perf_counter()
+        wall = now - self.started
+        phases = {"generate": 0.0, "score": 0.0, "reference": 0.0, **self.current}
+        phases["train"] = wall - sum(phases.values())
+        phases["step"] = wall
+        self.steps.append(phases)
+        self.peak_after_mb.append({**self.current_peaks, "train": peak_rss_mb()})
+        self.current, self.current_peaks, self.started = {}, {}, now
+
+    def median(self) -> dict[str, float]:
+        later = self.steps[1:] or self.steps
+        return {k: statistics.median(s[k] for s in later) for k in later[0]}
+
+
 class TokenCounter:
     """The shared reward: fraction of even token ids; it also counts completion tokens per call."""
 
@@ -68,7 +116,7 @@ class TokenCounter:
         return [sum(i % 2 == 0 for i in ids) / max(len(ids), 1) for ids in completion_ids]
 
 
-def run_trl(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch) -> list[float]:
+def run_trl(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch, probe) -> list[float]:
     """Train with TRL; return the wall-clock time at the end of each sampled batch's μ steps."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -80,6 +128,7 @@ def run_trl(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch) ->
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % mu == 0:
                 ends.append(time.perf_counter())
+                probe.end_step()
 
     prompts_per_step, group, completion = batch
     args = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=prompts_per_step * group,
@@ -91,11 +140,16 @@ def run_trl(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch) ->
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[reward], args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, callbacks=[StepEnds()])
+    probe.wrap(trainer, "_generate", "generate")
+    probe.wrap(trainer, "_calculate_rewards", "score")
+    probe.wrap(trainer, "_get_per_token_logps_and_entropies", "reference",
+               when=lambda model, *a, **k: model is trainer.ref_model)
+    probe.started = time.perf_counter()
     trainer.train()
     return ends
 
 
-def run_grpokit(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch) -> list[float]:
+def run_grpokit(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch, probe) -> list[float]:
     """Train with grpokit; return the wall-clock time at the end of each step."""
     from grpokit import GRPOConfig, GRPOTrainer
 
@@ -111,9 +165,14 @@ def run_grpokit(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch
     def timed_step():
         metrics = step()
         ends.append(time.perf_counter())
+        probe.end_step()
         return metrics
 
     trainer.step = timed_step
+    probe.wrap(trainer, "sample", "generate")
+    probe.wrap(trainer, "score", "score")
+    probe.wrap(trainer, "reference_logprobs", "reference")
+    probe.started = time.perf_counter()
     trainer.train(show_progress=False)
     return ends
 
@@ -129,15 +188,17 @@ def worker(name: str, vocab: str, config: str, steps: int) -> dict:
     prompts = (real_prompts(tokenizer, count, settings["prompt_tokens"]) if vocab == SMOLLM2
                else make_prompts(vocab, count, settings["prompt_tokens"]))
     reward, run = TokenCounter(), {"trl": run_trl, "grpokit": run_grpokit}[name]
-    rss_before = peak_rss_mb()
+    rss_before, probe = peak_rss_mb(), PhaseProbe()
     with tempfile.TemporaryDirectory() as out_dir:
-        ends = run(model_dir, tokenizer, prompts, settings["mu"], steps, reward, out_dir, batch)
+        ends = run(model_dir, tokenizer, prompts, settings["mu"], steps, reward, out_dir, batch, probe)
     rates = [tokens / (end - start) for tokens, start, end
              in zip(reward.tokens_per_call[1:], ends, ends[1:])]
     return {"trainer": name, "vocab": vocab, "config": config, "steps": len(ends),
             "tokens_per_s": statistics.median(rates), "rates": rates,
             "completion_tokens_per_step": reward.tokens_per_call,
-            "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": rss_before}
+            "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": rss_before,
+            "phases": probe.steps, "median_phases_s": probe.median(),
+            "peak_after_mb": probe.peak_after_mb}
 
 
 def spawn(name: str, vocab: str, config: str, steps: int) -> dict:
