@@ -13,7 +13,7 @@ are rules, so neither holds a reward model.
 takes steps until its training clock (the sum of whole-step times; snapshots and evaluation
 are outside it) reaches ``--budget``; at ``--points`` evenly spaced times it saves the policy.
 After training the worker records its peak RSS, then evaluates every snapshot on the held-out
-problems (``grpokit.evaluation.evaluate``: pass@1 from k samples at T = 1, greedy accuracy).
+problems (``grpokit.evaluation.evaluate.evaluate``: pass@1 from k samples at T = 1, greedy accuracy).
 
 Reported per method: peak RSS of the training process, the same above the process's memory
 after imports, model-state bytes (weights of every held model + gradients + AdamW state),
@@ -55,7 +55,7 @@ def peak_rss_mb() -> float:
 
 def run_config(sft_steps: int):
     """The demo recipe with SFT cached by step count and stage outputs under the cache."""
-    from grpokit.demo import demo_config
+    from grpokit.recipes.demo import demo_config
 
     out = CACHE / f"demo-sft-{sft_steps}"
     return demo_config(out, [f"sft.max_steps={sft_steps}", f"sft.output_dir={out / 'sft'}"])
@@ -63,7 +63,7 @@ def run_config(sft_steps: int):
 
 def sft_model(sft_steps: int) -> Path:
     """The demo's SFT model, trained on first use and cached."""
-    from grpokit.stages import base_model, run_sft
+    from grpokit.recipes.stages import base_model, run_sft
 
     cfg = run_config(sft_steps)
     model_dir = Path(cfg.sft.output_dir) / "model"
@@ -80,9 +80,9 @@ def eval_config(problems: int, samples: int):
 
 def evaluate_dir(model_dir: Path, sft_steps: int, problems: int, samples: int) -> dict:
     """Held-out metrics of the policy saved in ``model_dir``."""
-    from grpokit.evaluation import evaluate
+    from grpokit.evaluation.evaluate import evaluate
     from grpokit.models import load_model, load_tokenizer
-    from grpokit.stages import test_rows
+    from grpokit.recipes.stages import test_rows
 
     rows = test_rows(run_config(sft_steps))
     return evaluate(load_model(model_dir), load_tokenizer(model_dir), rows,
@@ -92,7 +92,7 @@ def evaluate_dir(model_dir: Path, sft_steps: int, problems: int, samples: int) -
 def make_trainer(method: str, model_dir: Path, sft_steps: int, out: str, grpo_beta: float,
                  ppo_kl_coef: float, ppo_epochs: int):
     """The method's trainer on the demo task, its optimizer built (``train()`` is not used)."""
-    from grpokit.stages import train_rows
+    from grpokit.recipes.stages import train_rows
     from grpokit.trainers.grpo import GRPOTrainer
     from grpokit.trainers.optim import build_optimizer
     from grpokit.config import PPOConfig

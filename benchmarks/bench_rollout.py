@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_models import build_checkpoint, make_prompts  # noqa: E402
 
 from grpokit.models import load_model, pick_device  # noqa: E402
-from grpokit.rollout import SamplingParams, generate, left_pad  # noqa: E402
+from grpokit.sampling.sampler import SamplingParams, generate, left_pad  # noqa: E402
 
 CACHE = Path(__file__).parent / ".cache"
 

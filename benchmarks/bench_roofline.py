@@ -5,7 +5,7 @@
    - generate: prompt prefill once per prompt + one position per completion token;
    - reference pass (beta > 0): one forward over the completions (prompt shared);
    - train: forward + backward (2×) of the body, and for the LM head forward, recompute and
-     two gradient matmuls (4×, see ``grpokit.logprobs``).
+     two gradient matmuls (4×, see ``grpokit.trainers.logprobs``).
 3. MFU = counted FLOPs / (seconds × peak), per phase and for the whole step.
 
     python benchmarks/bench_roofline.py

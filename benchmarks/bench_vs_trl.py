@@ -5,7 +5,8 @@ on the CPU (CUDA when present). Each run is its own subprocess; the trainers alt
 by config. Model shapes (``--vocabs``): ``char`` and ``32k``, locally created Qwen2 checkpoints
 of about 4M block parameters (untied embeddings), 8 prompts × G = 8, max_completion_length 128;
 ``smollm2``, the real SmolLM2-135M-Instruct (134.5M parameters, 49k BPE vocabulary), 4 prompts ×
-G = 4, max_completion_length 64, reasoning-gym questions as prompts. beta 0.04, loss_type grpo.
+G = 4, max_completion_length 64, reasoning-gym questions as prompts, grpokit with one group per
+micro-batch. beta 0.04, loss_type grpo.
 
 Configs: S — short prompts (16 tokens; a ~20-token question for smollm2), μ = 1; S2 — the same
 with μ = 2; L — prompts of 256 tokens (few-shot solved examples for smollm2), μ = 1.
@@ -47,6 +48,10 @@ BETA = 0.04
 # prompts per step, G, max_completion_length: the real model's batch lets TRL finish a CPU step
 # in under a minute
 BATCH = {"char": (8, 8, 128), "32k": (8, 8, 128), SMOLLM2: (4, 4, 64)}
+# grpokit's micro_batch_size: the default (16) for the small shapes; one group per pass for the
+# real model, whose activations at 49k vocabulary and 30 layers dominate its memory (the setting
+# costs no speed there: BENCHMARKS.md §8.1). TRL keeps its defaults (gradient checkpointing on).
+MICRO_BATCH = {"char": 16, "32k": 16, SMOLLM2: 4}
 CACHE = Path(__file__).parent / ".cache"
 
 
@@ -149,14 +154,16 @@ def run_trl(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch, pr
     return ends
 
 
-def run_grpokit(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch, probe) -> list[float]:
+def run_grpokit(model_dir, tokenizer, prompts, mu, steps, reward, out_dir, batch, probe,
+                micro_batch_size) -> list[float]:
     """Train with grpokit; return the wall-clock time at the end of each step."""
     from grpokit import GRPOConfig, GRPOTrainer
 
     prompts_per_step, group, completion = batch
     args = GRPOConfig(output_dir=out_dir, prompts_per_step=prompts_per_step, num_generations=group,
                       max_completion_length=completion, beta=BETA, loss_type="grpo",
-                      num_iterations=mu, max_steps=steps, learning_rate=1e-6, bf16=on_gpu())
+                      num_iterations=mu, max_steps=steps, learning_rate=1e-6, bf16=on_gpu(),
+                      micro_batch_size=micro_batch_size)
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[reward], args=args,
                           train_dataset=[{"prompt": p} for p in prompts],
                           processing_class=tokenizer)
@@ -190,7 +197,8 @@ def worker(name: str, vocab: str, config: str, steps: int) -> dict:
     reward, run = TokenCounter(), {"trl": run_trl, "grpokit": run_grpokit}[name]
     rss_before, probe = peak_rss_mb(), PhaseProbe()
     with tempfile.TemporaryDirectory() as out_dir:
-        ends = run(model_dir, tokenizer, prompts, settings["mu"], steps, reward, out_dir, batch, probe)
+        own = {"micro_batch_size": MICRO_BATCH[vocab]} if name == "grpokit" else {}
+        ends = run(model_dir, tokenizer, prompts, settings["mu"], steps, reward, out_dir, batch, probe, **own)
     rates = [tokens / (end - start) for tokens, start, end
              in zip(reward.tokens_per_call[1:], ends, ends[1:])]
     return {"trainer": name, "vocab": vocab, "config": config, "steps": len(ends),

@@ -36,7 +36,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 GIB = 2**30
 MIB = 2**20
-HEAD_CHUNK_TOKENS = 1024  # grpokit.logprobs: positions per chunk of the fused LM head
+HEAD_CHUNK_TOKENS = 1024  # grpokit.trainers.logprobs: positions per chunk of the fused LM head
 BYTES_PER_LOGIT = 16  # fp32 logits, log-softmax, and the entropy's exp and product
 
 
@@ -117,7 +117,7 @@ BENCH_WORK = Workload(4, 8, 256, 128, 16, beta=0.04, bf16=False)
 def micro_batch_positions(work: Workload, shared_prefix: bool = True) -> tuple[int, int]:
     """(positions the decoder runs, completion positions) in one full micro-batch, every
     completion at full length: whole groups sharing their prompt when ``micro_batch_size >= G``
-    (grpokit.batching), else (under checkpointing, and in FSDP2's model forward) one prompt per row.
+    (grpokit.trainers.micro_batches), else (under checkpointing, and in FSDP2's model forward) one prompt per row.
 
     >>> micro_batch_positions(BENCH_WORK)  # 2 prompts + 16 completions
     (2560, 2048)

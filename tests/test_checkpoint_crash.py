@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from grpokit.checkpoint import PAUSE_ENV, CheckpointError, complete_checkpoints, latest_valid_checkpoint
+from grpokit.trainers.checkpoints import PAUSE_ENV, CheckpointError, complete_checkpoints, latest_valid_checkpoint
 from grpokit.cli import app
 from grpokit.config import SFTConfig
 from grpokit.models import build_char_tokenizer, create_tiny_model
@@ -56,6 +56,7 @@ def wait_for_save_in_progress(out, proc, timeout=120.0):
     raise AssertionError("checkpoint-4 was never being saved")
 
 
+@pytest.mark.slow
 def test_killed_while_saving_then_resumed_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump(TOY))

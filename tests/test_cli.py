@@ -79,6 +79,7 @@ def test_out_of_range_value_names_the_key_and_where_it_was_set(tmp_path, toy_con
     assert result.exit_code == 2 and f"{in_file}: grpo.epsilon: Input should be less than 1" in result.output
 
 
+@pytest.mark.slow
 def test_demo_writes_stage_results_through_the_installed_entry_point(tmp_path):
     out = tmp_path / "demo"
     overrides = ["sft.max_steps=3", "grpo.max_steps=1", "grpo.prompts_per_step=2",

@@ -242,10 +242,14 @@ def test_an_empty_yaml_section_means_defaults_and_takes_overrides(tmp_path):
     assert load_config(path, ["grpo.beta=0.1"]).grpo.beta == 0.1
 
 
-def test_the_readme_config_reference_is_generated_from_the_config_classes():
+def test_the_config_reference_page_is_generated_from_the_config_classes():
     from pathlib import Path
 
     from grpokit.config import reference_markdown
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert reference_markdown().strip() in readme, "regenerate the README table: python -m grpokit.config"
+    page = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    generated = reference_markdown().strip()
+    regenerate = "regenerate the table in docs/config.md: replace it with the output of python -m grpokit.config"
+    assert generated in page, regenerate
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(generated.splitlines()), regenerate  # and no stale rows around it

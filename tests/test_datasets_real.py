@@ -6,8 +6,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from grpokit.data import (DEFAULT_SYSTEM_PROMPT, DatasetError, boxed_answer, gsm8k_answer, load_rows,
-                          to_prompt_rows, validate_prompt_rows)
+from grpokit.answers import boxed_answer, gsm8k_answer
+from grpokit.data import DEFAULT_SYSTEM_PROMPT, DatasetError, load_rows, to_prompt_rows, validate_prompt_rows
 from grpokit.rewards.math_answers import math_reward
 from grpokit.rewards.rules import numeric_match_reward
 

@@ -27,8 +27,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from grpokit.algorithms import group_advantages
-from grpokit.distributed import Ranks, combine_metrics, local_only, ranks
-from grpokit.rollout import SamplingParams, generate, random_table
+from grpokit.parallel.ranks import Ranks, combine_metrics, local_only, ranks
+from grpokit.sampling.sampler import SamplingParams, generate, random_table
+
+pytestmark = pytest.mark.slow  # subprocesses or the real model: run by the full suite, not by -m 'not slow'
 
 GRPO_CONFIG = {
     "model": "embedded",

@@ -8,7 +8,7 @@ import torch
 
 from grpokit.algorithms import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, AdvantageInputs, LossSettings, PolicyLossInputs
 from grpokit.rewards import resolve_reward
-from grpokit.rewards.scoring import REWARD_REGISTRY
+from grpokit.rewards.lookup import REWARD_REGISTRY
 
 DOC = (Path(__file__).parents[1] / "docs" / "ARCHITECTURE.md").read_text()
 SECTION = DOC[DOC.index("## How to add"):]

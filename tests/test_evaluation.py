@@ -5,8 +5,8 @@ import json
 import pytest
 
 from grpokit.config import EvalConfig
-from grpokit.evaluation import evaluate, score_problems
-from grpokit.rollout import SamplingParams, generate
+from grpokit.evaluation.evaluate import evaluate, score_problems
+from grpokit.sampling.sampler import SamplingParams, generate
 from grpokit.tasks import DigitSumTask
 
 pytestmark = pytest.mark.usefixtures("single_thread")

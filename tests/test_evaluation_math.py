@@ -1,8 +1,8 @@
-"""Hand-computed checks for grpokit.evaluation_math."""
+"""Hand-computed checks for grpokit.evaluation.pass_at_k."""
 
 import pytest
 
-from grpokit.evaluation_math import maj_at_k, majority_vote, mean_pass_at_k, pass_at_k
+from grpokit.evaluation.pass_at_k import maj_at_k, majority_vote, mean_pass_at_k, pass_at_k
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,10 @@
 
 import torch
 
-from grpokit.batching import group_plan, plan_micro_batches, sorted_plan
-from grpokit.logprobs import completion_logprobs, head_logprobs, shared_prefix_logprobs, token_logprobs
+from grpokit.trainers.micro_batches import group_plan, plan_micro_batches, sorted_plan
+from grpokit.trainers.logprobs import completion_logprobs, head_logprobs, shared_prefix_logprobs, token_logprobs
 from grpokit.models import build_char_tokenizer, create_tiny_model
-from grpokit.rollout import SamplingParams, generate
+from grpokit.sampling.sampler import SamplingParams, generate
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grpokit import GRPOConfig, GRPOTrainer
-from grpokit.batching import MicroBatch
+from grpokit.trainers.micro_batches import MicroBatch
 from grpokit.models import ModelLoadError, build_char_tokenizer, create_tiny_model
 from grpokit.rewards import RewardFunctionError
 

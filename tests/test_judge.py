@@ -10,14 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from grpokit.rewards import resolve_reward, reward_name, score_completions
-from grpokit.rewards.judge import (
-    JudgeConfig,
-    JudgeError,
-    LLMJudge,
-    judge_for_config,
-    normalise_score,
-    parse_score,
-)
+from grpokit.config.judge_settings import JudgeConfig
+from grpokit.rewards.judge import JudgeError, LLMJudge, judge_for_config, normalise_score, parse_score
 
 KEY = "sk-test-5ecret-value"
 

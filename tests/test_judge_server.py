@@ -18,7 +18,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from grpokit.models import build_char_tokenizer, create_embedded_default, save_model
-from grpokit.rewards.judge import JudgeConfig, LLMJudge, normalise_score, parse_score
+from grpokit.config.judge_settings import JudgeConfig
+from grpokit.rewards.judge import LLMJudge, normalise_score, parse_score
+
+pytestmark = pytest.mark.slow  # subprocesses or the real model: run by the full suite, not by -m 'not slow'
 
 pytest.importorskip("fastapi", reason="`transformers serve` needs the serving extras: pip install -e '.[test]'")
 pytest.importorskip("uvicorn", reason="`transformers serve` needs the serving extras: pip install -e '.[test]'")

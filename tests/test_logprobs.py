@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-import grpokit.logprobs as logprobs_module
-from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs, token_logprobs
-from grpokit.rollout import left_pad
+import grpokit.trainers.logprobs as logprobs_module
+from grpokit.trainers.logprobs import completion_logprobs, shared_prefix_logprobs, token_logprobs
+from grpokit.sampling.sampler import left_pad
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -18,7 +18,7 @@ from grpokit.algorithms import (
     token_weights,
 )
 from grpokit.algorithms.policy_losses import sequence_log_ratio
-from grpokit.distributed import add_stats
+from grpokit.parallel.ranks import add_stats
 
 D = torch.float64
 

@@ -13,16 +13,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.util import tensor_util
 
 from grpokit import GRPOConfig, GRPOTrainer
-from grpokit.checkpoint import CheckpointError
+from grpokit.trainers.checkpoints import CheckpointError
 from grpokit.config import EvalConfig, MonitorConfig
-from grpokit.evaluation import evaluate
+from grpokit.evaluation.evaluate import evaluate
 from grpokit.models import build_char_tokenizer, create_tiny_model
 from grpokit.monitoring.alerts import RULES
 from grpokit.monitoring.callbacks import AlertMonitor, CompletionsLog, PeriodicEval, monitor_callbacks
 from grpokit.monitoring.completions_log import completion_records, pick_rows
 from grpokit.monitoring.webhook import send_alert
 from grpokit.rewards import RewardBatch
-from grpokit.rollout import Rollout, left_pad
+from grpokit.sampling.sampler import Rollout, left_pad
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
 ROWS = [{"prompt": f"say {i}:", "answer": str(i)} for i in range(20)]

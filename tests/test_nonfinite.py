@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from grpokit import GRPOConfig, GRPOTrainer
-from grpokit.checkpoint import complete_checkpoints
+from grpokit.trainers.checkpoints import complete_checkpoints
 from grpokit.config import SFTConfig
 from grpokit.models import build_char_tokenizer, create_tiny_model
 from grpokit.trainers.loop import NonFiniteError

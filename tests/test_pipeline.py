@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from grpokit.config import ConfigError, StageSpec, load_config
-from grpokit.pipeline import check_stages, run_pipeline, substitute
+from grpokit.recipes.pipeline import check_stages, run_pipeline, substitute
 
 TINY = {
     "model": "embedded",

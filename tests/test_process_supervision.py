@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from grpokit import GRPOConfig, GRPOTrainer
 from grpokit.algorithms import POLICY_LOSSES, LossSettings, PolicyLossInputs, group_advantages, process_advantages, token_weights
 from grpokit.models import build_char_tokenizer, create_tiny_model, save_model
-from grpokit.rollout import Rollout
+from grpokit.sampling.sampler import Rollout
 from grpokit.rewards.step_scores import (
     PROCESS_REWARD_REGISTRY,
     ProcessRewardModel,

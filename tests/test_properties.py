@@ -12,14 +12,14 @@ from pydantic import BaseModel
 
 from grpokit.rewards.step_scores import split_steps
 from grpokit.config import ConfigError, RunConfig, Section, load_config
-from grpokit.data import boxed_answer, gsm8k_answer
+from grpokit.answers import boxed_answer, gsm8k_answer
 from grpokit.rewards.judge import normalise_score, parse_score
 from grpokit.rewards.language import LANGUAGE_SCRIPTS, language_consistency_reward, target_share, words
 from grpokit.rewards.length import (length_penalty, length_penalty_reward, soft_overlong_penalty,
                                     soft_overlong_reward)
 from grpokit.rewards.math_answers import math_reward
-from grpokit.rewards.rules import (answers_match, correctness_reward, exact_match_reward, extract_answer,
-                                   format_reward, is_well_formatted, numeric_match_reward)
+from grpokit.answers import answers_match, extract_answer, is_well_formatted
+from grpokit.rewards.rules import correctness_reward, exact_match_reward, format_reward, numeric_match_reward
 
 FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -18,11 +18,13 @@ from grpokit import GRPOConfig, GRPOTrainer
 from grpokit.cli import app
 from grpokit.data import encode_prompt, prompt_key, render_prompt
 from grpokit.errors import MissingDependencyError
-from grpokit.logprobs import completion_logprobs, shared_prefix_logprobs
+from grpokit.trainers.logprobs import completion_logprobs, shared_prefix_logprobs
 from grpokit.models import builtin, builtin_model_dir, load_model, load_tokenizer
 from grpokit.rewards import resolve_reward
-from grpokit.rollout import SamplingParams, generate
+from grpokit.sampling.sampler import SamplingParams, generate
 from grpokit.tasks.reasoning_gym import ReasoningGymTask
+
+pytestmark = pytest.mark.slow  # subprocesses or the real model: run by the full suite, not by -m 'not slow'
 
 NAME = "smollm2-135m-instruct"
 TASK = ReasoningGymTask("chain_sum", {"min_terms": 2, "max_terms": 2, "max_digits": 1})

@@ -8,7 +8,7 @@ import pytest
 
 from grpokit.config import SampleConfig
 from grpokit.models import create_embedded_default
-from grpokit.rejection import jaccard, passes_verifiers, rejection_sample, select, shingles
+from grpokit.recipes.rejection_sampling import jaccard, passes_verifiers, rejection_sample, select, shingles
 
 
 def candidate(text, **rewards):

@@ -13,7 +13,7 @@ from playwright.sync_api import sync_playwright
 from grpokit.config import RunConfig
 from grpokit.monitoring.plots import PLOTS, metric_series, plot_png, stage_eval_png
 from grpokit.monitoring.report import write_report
-from grpokit.pipeline import run_pipeline
+from grpokit.recipes.pipeline import run_pipeline
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -87,6 +87,7 @@ def alone(report: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_pipeline_report_is_one_self_contained_page_whose_plots_render(pipeline_dir, browser, tmp_path):
     report = write_report(pipeline_dir)
     assert report == pipeline_dir / "report.html"

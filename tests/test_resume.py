@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from grpokit import GRPOConfig, GRPOTrainer
-from grpokit.checkpoint import CheckpointError
+from grpokit.trainers.checkpoints import CheckpointError
 from grpokit.config import PPOConfig, RewardModelConfig, SFTConfig
 from grpokit.models import build_char_tokenizer, create_tiny_model
 from grpokit.trainers.ppo import PPOTrainer
-from grpokit.trainers.reward_model import RewardModelTrainer
+from grpokit.trainers.reward_trainer import RewardModelTrainer
 from grpokit.trainers.sft import SFTTrainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -192,7 +192,7 @@ def test_rollback_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 def test_pipeline_resume_continues_a_failed_stage_from_its_checkpoint(tmp_path, monkeypatch):
     from grpokit.config import RunConfig, validate
-    from grpokit.pipeline import run_pipeline
+    from grpokit.recipes.pipeline import run_pipeline
 
     out = tmp_path / "pipeline"
     cfg = validate(RunConfig, {

@@ -15,7 +15,7 @@ from grpokit.data import DatasetError
 from grpokit.models import ModelLoadError, create_embedded_default, save_model
 from grpokit.rewards import resolve_reward, score_completions
 from grpokit.rewards.reward_model import RewardModelScorer, cached_scorer, encode, right_pad, scored_text
-from grpokit.trainers.reward_model import (RewardModelConfig, RewardModelTrainer, encode_pair,
+from grpokit.trainers.reward_trainer import (RewardModelConfig, RewardModelTrainer, encode_pair,
                                            load_preference_model, run_reward_model, validate_preference_rows)
 
 pytestmark = pytest.mark.usefixtures("single_thread")

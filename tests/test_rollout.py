@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from grpokit.logprobs import completion_logprobs
-from grpokit.rollout import SamplingParams, filter_logits, generate, left_pad
+from grpokit.trainers.logprobs import completion_logprobs
+from grpokit.sampling.sampler import SamplingParams, filter_logits, generate, left_pad
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -12,9 +12,9 @@ from grpokit.rewards.language import language_consistency_reward, target_share, 
 from grpokit.rewards.length import (length_penalty, length_penalty_reward, soft_overlong_penalty,
                                     soft_overlong_reward)
 from grpokit.rewards.math_answers import math_reward, reference_text
-from grpokit.rewards.rules import (candidate_answer, exact_match_reward, format_reward, numeric_match_reward,
-                                   parse_number)
-from grpokit.rewards.scoring import reward_options
+from grpokit.answers import candidate_answer, parse_number
+from grpokit.rewards.rules import exact_match_reward, format_reward, numeric_match_reward
+from grpokit.rewards.lookup import reward_options
 
 EXAMPLE_CONFIG = Path(__file__).parents[1] / "examples" / "configs" / "gsm8k_qwen.yaml"
 

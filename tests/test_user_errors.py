@@ -137,6 +137,7 @@ def test_reward_references_name_the_config_key_and_the_fix(tmp_path, monkeypatch
         assert "did you mean 'fine'?" in output
 
 
+@pytest.mark.slow
 def test_a_module_in_the_working_directory_imports_and_a_raising_reward_names_its_line(tmp_path):
     (tmp_path / "myrewards.py").write_text(MY_REWARDS)
     output = subprocess_user_error("train", write_config(tmp_path, rewards=["myrewards:fine", "myrewards:boom"]),
@@ -149,6 +150,7 @@ def test_a_module_in_the_working_directory_imports_and_a_raising_reward_names_it
 # --------------------------------------------------------------------------- model files
 
 
+@pytest.mark.slow
 def test_a_truncated_weights_file_names_the_directory_and_the_file(tmp_path):
     model_dir = create_embedded_default(tmp_path / "model")
     weights = model_dir / "model.safetensors"

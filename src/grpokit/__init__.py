@@ -14,7 +14,7 @@ _EXPORTS = {
     "EvalConfig": "grpokit.config", "GRPOConfig": "grpokit.config", "PPOConfig": "grpokit.config",
     "RewardModelConfig": "grpokit.config", "RunConfig": "grpokit.config", "SFTConfig": "grpokit.config",
     "GRPOTrainer": "grpokit.trainers.grpo", "PPOTrainer": "grpokit.trainers.ppo",
-    "RewardModelTrainer": "grpokit.trainers.reward_model", "SFTTrainer": "grpokit.trainers.sft",
+    "RewardModelTrainer": "grpokit.trainers.reward_trainer", "SFTTrainer": "grpokit.trainers.sft",
 }
 
 __all__ = sorted(_EXPORTS)

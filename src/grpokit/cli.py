@@ -28,7 +28,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="GRPO training for language models. Overrides: key.path=value. "
                        "--debug (anywhere) shows tracebacks.")
 
-ConfigArg = typer.Argument(..., help="A YAML run config (see the README's config reference).")
+ConfigArg = typer.Argument(..., help="A YAML run config (keys: docs/config.md).")
 OverridesArg = typer.Argument(None, help="Dotted overrides such as grpo.beta=0.04.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the output "
@@ -73,7 +73,7 @@ def command(name: str | None = None, distributed: bool = False):
             where = f"rank {os.environ.get('RANK', '?')}: " if launched() else ""
             try:
                 if launched():
-                    from grpokit.distributed import raise_on_sigterm
+                    from grpokit.parallel.ranks import raise_on_sigterm
 
                     raise_on_sigterm()
                     if not distributed:
@@ -101,8 +101,8 @@ def command(name: str | None = None, distributed: bool = False):
                      f"with --resume to continue from the latest checkpoint.", 3)
             finally:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                if "grpokit.distributed" in sys.modules:
-                    sys.modules["grpokit.distributed"].shutdown()
+                if "grpokit.parallel.ranks" in sys.modules:
+                    sys.modules["grpokit.parallel.ranks"].shutdown()
         return app.command(name)(run)
     return register
 
@@ -148,7 +148,7 @@ def lost_contact(error: Exception) -> bool:
 
 def echo(message: str) -> None:
     """Print a result line (rank 0 only under torchrun)."""
-    from grpokit.distributed import ranks
+    from grpokit.parallel.ranks import ranks
 
     if ranks().is_main:
         typer.echo(message)
@@ -173,7 +173,7 @@ def demo(
 ) -> None:
     """The R1 recipe on the embedded default (digit sums): SFT, GRPO, rejection sampling, SFT,
     reward model, GRPO with the reward model; held-out results of every stage."""
-    from grpokit.demo import demo_config, run_demo
+    from grpokit.recipes.demo import demo_config, run_demo
 
     cfg = demo_config(output_dir, overrides or [])
     quiet_libraries()
@@ -185,8 +185,8 @@ def sft(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress:
         resume: bool = ResumeOpt) -> None:
     """Supervised fine-tuning (stage 1) with the `sft` section (torchrun: several processes)."""
     cfg = _load(config, overrides)
-    from grpokit.distributed import main_first, setup
-    from grpokit.stages import base_model, run_sft
+    from grpokit.parallel.ranks import main_first, setup
+    from grpokit.recipes.stages import base_model, run_sft
 
     setup(cfg.sft.distributed_timeout)
     model_dir = run_sft(cfg, main_first(lambda: base_model(cfg, cfg.sft.output_dir)), progress, resume)
@@ -198,8 +198,8 @@ def train(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progres
           resume: bool = ResumeOpt) -> None:
     """GRPO with the `grpo` section and the `rewards` list (torchrun: several processes)."""
     cfg = _load(config, overrides)
-    from grpokit.distributed import main_first, setup
-    from grpokit.stages import base_model, run_grpo
+    from grpokit.parallel.ranks import main_first, setup
+    from grpokit.recipes.stages import base_model, run_grpo
 
     setup(cfg.grpo.distributed_timeout)
     model_dir = run_grpo(cfg, main_first(lambda: base_model(cfg, cfg.grpo.output_dir)), progress, resume)
@@ -211,7 +211,7 @@ def ppo(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress:
         resume: bool = ResumeOpt) -> None:
     """PPO with a value model, the `ppo` section and the `rewards` list."""
     cfg = _load(config, overrides)
-    from grpokit.stages import base_model, run_ppo
+    from grpokit.recipes.stages import base_model, run_ppo
 
     model_dir = run_ppo(cfg, base_model(cfg, cfg.ppo.output_dir), progress, resume)
     typer.echo(f"model: {model_dir}")
@@ -221,7 +221,7 @@ def ppo(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress:
 def sample(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
     """Rejection sampling: k completions per prompt, kept if they pass the verifiers; an SFT set."""
     cfg = _load(config, overrides)
-    from grpokit.stages import base_model, run_sample
+    from grpokit.recipes.stages import base_model, run_sample
 
     data_path = run_sample(cfg, base_model(cfg, cfg.sample.output_dir), progress)
     typer.echo(f"sft set: {data_path}")
@@ -232,7 +232,7 @@ def rm(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: 
        resume: bool = ResumeOpt) -> None:
     """Train a Bradley-Terry reward model on {prompt, chosen, rejected} pairs (the `rm` section)."""
     cfg = _load(config, overrides)
-    from grpokit.stages import base_model, run_rm
+    from grpokit.recipes.stages import base_model, run_rm
 
     model_dir = run_rm(cfg, base_model(cfg, cfg.rm.output_dir), progress, resume)
     typer.echo(f"reward model: {model_dir}")
@@ -246,9 +246,9 @@ def pipeline(config: Path = ConfigArg, overrides: list[str] = OverridesArg, prog
     cfg = _load(config, overrides)
     from rich.console import Console
 
-    from grpokit.demo import results_table
-    from grpokit.distributed import ranks
-    from grpokit.pipeline import run_pipeline
+    from grpokit.recipes.demo import results_table
+    from grpokit.parallel.ranks import ranks
+    from grpokit.recipes.pipeline import run_pipeline
 
     summary = run_pipeline(cfg, progress, resume=resume)
     if not ranks().is_main:
@@ -301,7 +301,7 @@ def models_import_gguf(gguf_file: Path = typer.Argument(..., help="A .gguf model
 def evaluate(config: Path = ConfigArg, overrides: list[str] = OverridesArg, progress: bool = ProgressOpt) -> None:
     """pass@1, pass@k, maj@k, greedy accuracy and format rate of `model` on held-out problems."""
     cfg = _load(config, overrides)
-    from grpokit.stages import base_model, run_eval
+    from grpokit.recipes.stages import base_model, run_eval
 
     metrics = run_eval(cfg, base_model(cfg, cfg.eval.output_dir), cfg.eval.output_dir, progress)
     for key, value in metrics.items():

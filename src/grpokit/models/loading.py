@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from grpokit.distributed import local_device
+from grpokit.parallel.ranks import local_device
 from grpokit.errors import ModelLoadError
 
 

@@ -15,8 +15,8 @@ from rich import get_console
 from grpokit.config import EvalConfig, MonitorConfig
 from grpokit.data import validate_prompt_rows
 from grpokit.errors import CheckpointError, ConfigError, DatasetError
-from grpokit.distributed import gather_lists, ranks
-from grpokit.evaluation import Verifier, answer_matches, evaluate
+from grpokit.parallel.ranks import gather_lists, ranks
+from grpokit.evaluation.evaluate import Verifier, answer_matches, evaluate
 from grpokit.monitoring.alerts import Alert, StepRecord, build_rules
 from grpokit.monitoring.completions_log import (
     RunFile,

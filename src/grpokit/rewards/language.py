@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import unicodedata
 
-from grpokit.rewards.rules import completion_text, tag_content
-from grpokit.rewards.scoring import register_reward
+from grpokit.answers import completion_text, tag_content
+from grpokit.rewards.lookup import register_reward
 
 __all__ = ["LANGUAGE_SCRIPTS", "language_consistency_reward", "letter_script", "target_share", "words"]
 

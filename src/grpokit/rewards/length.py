@@ -15,7 +15,7 @@ length. In a YAML config, with ``grpo.max_completion_length: 512``::
 
 from __future__ import annotations
 
-from grpokit.rewards.scoring import register_reward
+from grpokit.rewards.lookup import register_reward
 
 __all__ = ["length_penalty", "length_penalty_reward", "soft_overlong_penalty", "soft_overlong_reward"]
 

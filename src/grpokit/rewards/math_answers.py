@@ -22,9 +22,9 @@ import logging
 import threading
 from typing import Any
 
-from grpokit.data import boxed_answer, gsm8k_answer
-from grpokit.rewards.rules import completion_text, tag_content
-from grpokit.rewards.scoring import register_reward
+from grpokit.answers import boxed_answer, gsm8k_answer
+from grpokit.answers import completion_text, tag_content
+from grpokit.rewards.lookup import register_reward
 
 __all__ = ["is_equivalent", "math_reward", "parse_answer", "reference_text"]
 

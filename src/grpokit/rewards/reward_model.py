@@ -25,8 +25,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 
 from grpokit.data import is_conversational
 from grpokit.models import ModelLoadError, load_pretrained, load_tokenizer, pick_device
-from grpokit.rewards.rules import completion_text, extract_answer
-from grpokit.rewards.scoring import register_reward
+from grpokit.answers import completion_text, extract_answer
+from grpokit.rewards.lookup import register_reward
 
 ScoreOn = Literal["full", "answer"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

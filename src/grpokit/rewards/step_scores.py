@@ -31,8 +31,9 @@ from transformers import AutoModelForSequenceClassification
 
 from grpokit.data import render_prompt
 from grpokit.models import ModelLoadError, load_pretrained, load_tokenizer
-from grpokit.rewards.rules import answers_match, completion_text, extract_answer
-from grpokit.rewards.scoring import _build_kwargs, _is_number, resolve_reward, reward_name
+from grpokit.answers import answers_match, completion_text, extract_answer
+from grpokit.rewards.lookup import resolve_reward, reward_name
+from grpokit.rewards.scoring import _build_kwargs, _is_number
 from grpokit.tasks.digit_sum import LABELS, parse_digits, running_sums
 
 ProcessRewardFunc = Callable[..., Sequence[Sequence[float]]]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from grpokit.rewards.rules import answers_match, extract_answer, is_well_formatted
+from grpokit.answers import answers_match, extract_answer, is_well_formatted
 
 def running_sums(digits: str) -> list[int]:
     """Running sums of a digit string.

@@ -124,7 +124,7 @@ class ReasoningGymTask:
 
     def is_correct(self, completion: str, row: dict) -> bool:
         """The dataset's verifier gives the tagged answer full marks."""
-        from grpokit.rewards.rules import tag_content
+        from grpokit.answers import tag_content
 
         return score(tag_content(completion), row["reasoning_gym"]) >= 1.0
 

@@ -22,7 +22,7 @@ registries (``grpokit.algorithms``) by the config's names. Checkpoints, exact re
 non-finite updates, ``request_stop`` and ``rollback`` come from
 ``grpokit.trainers.loop.TrainingLoop``. Under torchrun each rank samples and scores its share of
 the prompts, estimates advantages on the gathered batch, weighs tokens by the global batch's
-totals, and the step's metrics are reduced over ranks (``grpokit.distributed``).
+totals, and the step's metrics are reduced over ranks (``grpokit.parallel.ranks``).
 """
 
 from __future__ import annotations
@@ -47,15 +47,15 @@ from grpokit.algorithms import (
 from grpokit.algorithms.dynamic_sampling import group_rows, groups_with_advantage, groups_with_varied_rewards
 from grpokit.algorithms.sampler_correction import truncated_importance_weights
 from grpokit.config import GRPOConfig
-from grpokit.distributed import add_stats, any_across, gather_advantage_inputs, reduce_metrics, stats_across, sum_across
-from grpokit.engines import shard
+from grpokit.parallel.ranks import add_stats, any_across, gather_advantage_inputs, reduce_metrics, stats_across, sum_across
+from grpokit.parallel.training_engine import shard
 from grpokit.errors import ConfigError
 from grpokit.rewards import RewardBatch, reward_metrics, score_completions
 from grpokit.rewards.step_scores import StepScorer, resolve_process_reward
-from grpokit.rollout import Rollout, concat_rollouts, select_groups
-from grpokit.trainers.common import is_peft, resolve_model
+from grpokit.sampling.sampler import Rollout, concat_rollouts, select_groups
+from grpokit.models.for_training import is_peft, resolve_model
 from grpokit.trainers.optim import build_optimizer, clip_and_step
-from grpokit.trainers.rollouts import RolloutTrainer
+from grpokit.trainers.on_policy import OnPolicyTrainer
 
 
 @dataclass
@@ -109,7 +109,7 @@ class StepBatch:
     sampling: dict | None = None  # prompts drawn, groups kept and dropped, rounds
 
 
-class GRPOTrainer(RolloutTrainer):
+class GRPOTrainer(OnPolicyTrainer):
     """Train a causal LM with GRPO, with TRL's constructor and reward-function contract.
 
     ``model`` is a local model directory or a ``PreTrainedModel`` (then pass its tokenizer as

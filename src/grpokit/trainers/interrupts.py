@@ -3,7 +3,7 @@
 The first SIGINT or SIGTERM only sets a flag that the training loop reads at the next step
 boundary (so a step is never left half done and the checkpoint is exact); a second one stops at
 once (``KeyboardInterrupt``). Under torchrun, SIGTERM keeps its meaning there (torchrun ending
-every process because one failed: ``grpokit.distributed.raise_on_sigterm``), so only a single
+every process because one failed: ``grpokit.parallel.ranks.raise_on_sigterm``), so only a single
 process installs these handlers, and a signal the process ignores (``nohup``, a shell's
 background job) stays ignored.
 """

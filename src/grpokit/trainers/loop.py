@@ -19,7 +19,7 @@ Callbacks are objects with an optional ``on_step_end(trainer, step, batch, metri
 :meth:`~TrainingLoop.rollback`. A callback with ``state_dict()`` / ``load_state_dict(state)``
 has that state saved in checkpoints (tensors, numbers, strings, lists and dicts only).
 
-Under torchrun every rank runs this loop in step: ``engine`` (``grpokit.engines``) is the
+Under torchrun every rank runs this loop in step: ``engine`` (``grpokit.parallel.training_engine``) is the
 model's DDP/FSDP2 wrapping, checkpoints are gathered to and written by rank 0 (the others wait),
 every rank resumes from them, and metrics are written by rank 0 only.
 """
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from grpokit.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
-from grpokit.checkpoint import (
+from grpokit.trainers.checkpoints import (
     complete_checkpoints,
     latest_valid_checkpoint,
     load_checkpoint,
@@ -44,12 +44,14 @@ from grpokit.checkpoint import (
     truncate_jsonl,
     write_checkpoint,
 )
-from grpokit.distributed import any_across, barrier, ranks
-from grpokit.engines import Engine
+from grpokit.parallel.ranks import any_across, barrier, ranks
+from grpokit.parallel.training_engine import Engine
 from grpokit.config import write_resolved
 from grpokit.models import save_model
-from grpokit.monitoring import MetricsWriter, ProgressReport
-from grpokit.trainers.common import final_model, write_summary
+from grpokit.monitoring import MetricsWriter
+from grpokit.progress import ProgressReport
+from grpokit.models.for_training import final_model
+from grpokit.monitoring.summary import write_summary
 from grpokit.trainers.interrupts import StopAtStepBoundary
 from grpokit.trainers.optim import scale_learning_rate
 

@@ -49,15 +49,16 @@ from grpokit.algorithms import (
 )
 from grpokit.algorithms.masked import masked_mean, masked_whiten
 from grpokit.algorithms.value import explained_variance, value_loss
-from grpokit.batching import MicroBatch
+from grpokit.trainers.micro_batches import MicroBatch
 from grpokit.config import PPOConfig, write_resolved
 from grpokit.models import load_pretrained, save_model
 from grpokit.rewards import RewardBatch, reward_metrics, score_completions
-from grpokit.rollout import Rollout
-from grpokit.trainers.common import final_model, is_peft, resolve_model, write_summary
+from grpokit.sampling.sampler import Rollout
+from grpokit.models.for_training import final_model, is_peft, resolve_model
+from grpokit.monitoring.summary import write_summary
 from grpokit.trainers.grpo import summarize
 from grpokit.trainers.optim import build_optimizer, clip_and_step
-from grpokit.trainers.rollouts import RolloutTrainer
+from grpokit.trainers.on_policy import OnPolicyTrainer
 
 
 @dataclass
@@ -99,7 +100,7 @@ def completion_values(value_model: PreTrainedModel, prompt_ids: torch.Tensor,
     """V(s_t) ``(B, Tc)``: the value head at the position that predicts completion token t.
 
     Rows are ``[left-padded prompt | right-padded completion]``, aligned as in
-    ``grpokit.logprobs.completion_logprobs``.
+    ``grpokit.trainers.logprobs.completion_logprobs``.
     """
     input_ids = torch.cat([prompt_ids, completion_ids], 1)  # (B, Tp + Tc)
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)  # (B, Tp + Tc)
@@ -110,7 +111,7 @@ def completion_values(value_model: PreTrainedModel, prompt_ids: torch.Tensor,
     return values[:, -width - 1 : -1].float()  # (B, Tc)
 
 
-class PPOTrainer(RolloutTrainer):
+class PPOTrainer(OnPolicyTrainer):
     """Train a causal LM with PPO and a value model; the constructor is ``GRPOTrainer``'s.
 
     ``model`` is a local model directory or a ``PreTrainedModel`` (then pass its tokenizer as

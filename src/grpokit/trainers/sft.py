@@ -18,11 +18,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from grpokit.config import SFTConfig
-from grpokit.distributed import sum_across
+from grpokit.parallel.ranks import sum_across
 from grpokit.data import load_rows, render_prompt, validate_sft_rows
 from grpokit.errors import DatasetError
-from grpokit.rewards.rules import completion_text
-from grpokit.trainers.common import resolve_model, shuffled_batches
+from grpokit.answers import completion_text
+from grpokit.data import shuffled_batches
+from grpokit.models.for_training import resolve_model
 from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 

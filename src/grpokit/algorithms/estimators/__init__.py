@@ -13,7 +13,7 @@ gae                    GAE over KL-shaped token rewards and a value model       
 """
 
 from grpokit.algorithms.estimators import gae, group_relative, leave_one_out, process_supervision, reinforce_pp  # noqa: F401
-from grpokit.algorithms.estimators.base import (
+from grpokit.algorithms.estimators.estimator_inputs import (
     ADVANTAGE_ESTIMATORS,
     AdvantageInputs,
     per_token,

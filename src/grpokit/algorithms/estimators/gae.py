@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from grpokit.algorithms.estimators.base import AdvantageInputs, register_advantage_estimator
+from grpokit.algorithms.estimators.estimator_inputs import AdvantageInputs, register_advantage_estimator
 
 
 def last_token_index(mask: Tensor) -> Tensor:

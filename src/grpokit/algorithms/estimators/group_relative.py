@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from grpokit.algorithms.estimators.base import AdvantageInputs, per_token, register_advantage_estimator
+from grpokit.algorithms.estimators.estimator_inputs import AdvantageInputs, per_token, register_advantage_estimator
 
 # name -> fn(grouped rewards (n_groups, G), centered (n_groups, G), eps) -> (n_groups, G)
 REWARD_SCALES: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch  # noqa: F401  (the doctest builds its tensors with it)
 from torch import Tensor
 
-from grpokit.algorithms.estimators.base import AdvantageInputs, per_token, register_advantage_estimator
+from grpokit.algorithms.estimators.estimator_inputs import AdvantageInputs, per_token, register_advantage_estimator
 
 
 def leave_one_out_advantages(rewards: Tensor, group_size: int) -> Tensor:

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from grpokit.algorithms.estimators.base import AdvantageInputs, register_advantage_estimator
+from grpokit.algorithms.estimators.estimator_inputs import AdvantageInputs, register_advantage_estimator
 from grpokit.algorithms.estimators.group_relative import grpo_advantages
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from grpokit.algorithms.estimators.base import AdvantageInputs, per_token, register_advantage_estimator
+from grpokit.algorithms.estimators.estimator_inputs import AdvantageInputs, per_token, register_advantage_estimator
 
 
 def batch_whiten(token_values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:

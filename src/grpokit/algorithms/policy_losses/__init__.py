@@ -11,7 +11,7 @@ cispo       -sg[min(r_t, 1 + eps_high)] A_t log pi(o_t)                         
 """
 
 from grpokit.algorithms.policy_losses import cispo, clipped, gspo  # noqa: F401
-from grpokit.algorithms.policy_losses.base import (
+from grpokit.algorithms.policy_losses.loss_inputs import (
     POLICY_LOSSES,
     LossSettings,
     PolicyLossInputs,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from grpokit.algorithms.policy_losses.base import LossSettings, PolicyLossInputs, finish, register_policy_loss
+from grpokit.algorithms.policy_losses.loss_inputs import LossSettings, PolicyLossInputs, finish, register_policy_loss
 
 
 @register_policy_loss("cispo")

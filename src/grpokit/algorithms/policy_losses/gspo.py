@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from grpokit.algorithms.policy_losses.base import (
+from grpokit.algorithms.policy_losses.loss_inputs import (
     LossSettings,
     PolicyLossInputs,
     clipped_surrogate,

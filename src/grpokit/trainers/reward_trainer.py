@@ -28,12 +28,15 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, PreTra
 
 from grpokit.algorithms.preference import bradley_terry_loss, pair_accuracy
 from grpokit.config import RewardModelConfig, write_resolved
-from grpokit.data import _check_rows_container, _check_value, _where, load_rows
+from grpokit.data import load_rows
+from grpokit.data.rows import check_rows_container, check_prompt_value, row_location
 from grpokit.errors import DatasetError
 from grpokit.models import ModelLoadError, load_pretrained, load_tokenizer, pick_device, save_model
 from grpokit.rewards.reward_model import (encode, ensure_pad_token, is_sequence_classifier, right_pad,
                                           scored_text, sequence_scores)
-from grpokit.trainers.common import final_model, shuffled_batches, write_summary
+from grpokit.data import shuffled_batches
+from grpokit.models.for_training import final_model
+from grpokit.monitoring.summary import write_summary
 from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 
@@ -53,14 +56,14 @@ def validate_preference_rows(rows: list[dict], source_name: str = "dataset") -> 
     ...
     grpokit.errors.DatasetError: dataset row 0: no 'rejected' column (found columns: prompt, chosen); expected a string or a list of chat messages
     """
-    _check_rows_container(rows, source_name)
-    return [_normalize_preference_row(row, _where(rows, i, source_name)) for i, row in enumerate(rows)]
+    check_rows_container(rows, source_name)
+    return [_normalize_preference_row(row, row_location(rows, i, source_name)) for i, row in enumerate(rows)]
 
 
 def _normalize_preference_row(row: dict, where: str) -> dict:
     keys = ("prompt", "chosen", "rejected") if row.get("prompt") is not None else ("chosen", "rejected")
     for key in keys:
-        _check_value(row, key, where)
+        check_prompt_value(row, key, where)
     prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise DatasetError(f"{where}: 'chosen' and 'rejected' differ in format; use two strings or "

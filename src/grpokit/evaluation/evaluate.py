@@ -22,10 +22,10 @@ import torch
 
 from grpokit.config import EvalConfig
 from grpokit.data import encode_prompt
-from grpokit.evaluation_math import maj_at_k, mean_pass_at_k
-from grpokit.monitoring import ProgressReport
-from grpokit.rewards.rules import answers_match, extract_answer, is_well_formatted
-from grpokit.rollout import SamplingParams, generate
+from grpokit.evaluation.pass_at_k import maj_at_k, mean_pass_at_k
+from grpokit.progress import ProgressReport
+from grpokit.answers import answers_match, extract_answer, is_well_formatted
+from grpokit.sampling.sampler import SamplingParams, generate
 
 
 def sample_texts(model, tokenizer, prompts: list, group_size: int, params: SamplingParams,

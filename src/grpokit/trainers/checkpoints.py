@@ -212,7 +212,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler,
                     extra_models: dict[str, Any] | None = None, engine=None) -> dict[str, Any]:
     """Load the weights, optimizer and scheduler of a checkpoint in place; return its trainer
     state (``step``, ``rng``, ``history`` and the trainer's own entries). ``engine``
-    (``grpokit.engines.Engine``) loads into a sharded model and optimizer."""
+    (``grpokit.parallel.training_engine.Engine``) loads into a sharded model and optimizer."""
     path = Path(path)
     if not (path / MARKER).is_file():
         raise CheckpointError(f"{str(path)!r} is not a complete checkpoint (no {MARKER} marker)")

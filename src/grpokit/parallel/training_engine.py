@@ -25,7 +25,7 @@ from contextlib import nullcontext
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from grpokit.distributed import Ranks, any_across
+from grpokit.parallel.ranks import Ranks, any_across
 
 STRATEGIES = ("ddp", "fsdp2")
 

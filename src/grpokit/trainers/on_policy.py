@@ -5,7 +5,7 @@ reference.
 A subclass sets ``args`` (with ``prompts_per_step``, ``num_generations``, ``max_steps``,
 ``micro_batch_size``, ``temperature``, ``top_p``, ``top_k``, ``max_prompt_length``,
 ``max_completion_length``, ``reward_weights``, ``seed``, ``bf16``), calls
-:meth:`RolloutTrainer.init_rewards` and :meth:`RolloutTrainer.init_sampling`, and keeps
+:meth:`OnPolicyTrainer.init_rewards` and :meth:`OnPolicyTrainer.init_sampling`, and keeps
 ``model``, ``tokenizer``, ``device`` and ``ref_model`` (None under LoRA, where the reference
 is the base with adapters disabled, or when no KL term is used).
 
@@ -24,16 +24,16 @@ from types import SimpleNamespace
 
 import torch
 
-from grpokit.batching import MicroBatch, plan_micro_batches, sorted_plan
+from grpokit.trainers.micro_batches import MicroBatch, plan_micro_batches, sorted_plan
 from grpokit.data import PromptStream, encode_prompt, extra_columns, load_rows, validate_prompt_rows
 from grpokit.errors import ConfigError
-from grpokit.logprobs import completion_logprobs, model_logprobs, shared_prefix_logprobs
+from grpokit.trainers.logprobs import completion_logprobs, model_logprobs, shared_prefix_logprobs
 from grpokit.rewards import resolve_reward
-from grpokit.rollout import Rollout, SamplingParams, generate, random_table
+from grpokit.sampling.sampler import Rollout, SamplingParams, generate, random_table
 from grpokit.trainers.loop import TrainingLoop
 
 
-class RolloutTrainer(TrainingLoop):
+class OnPolicyTrainer(TrainingLoop):
     """Sampling, reward inputs and log-prob forwards shared by GRPO and PPO."""
 
     def init_rewards(self, reward_funcs, train_dataset, name: str) -> None:
@@ -102,7 +102,7 @@ class RolloutTrainer(TrainingLoop):
                                                   max_steps=self.args.max_steps))
 
     def micro_batches(self, rollout: Rollout) -> list[MicroBatch]:
-        """The cheaper split of the step's completions (see ``grpokit.batching``)."""
+        """The cheaper split of the step's completions (see ``grpokit.trainers.micro_batches``)."""
         lengths, prompts = rollout.completion_lengths(), rollout.prompt_mask.sum(1)
         size = self.args.micro_batch_size
         # HF drops the KV cache under checkpointing; FSDP2 ranks must run equally many forwards

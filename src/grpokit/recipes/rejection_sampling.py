@@ -28,12 +28,12 @@ import torch
 from grpokit.config import SampleConfig
 from grpokit.data import extra_columns, validate_prompt_rows
 from grpokit.errors import ConfigError
-from grpokit.evaluation import sample_texts
+from grpokit.evaluation.evaluate import sample_texts
 from grpokit.models import load_model, load_tokenizer, pick_device
-from grpokit.monitoring import ProgressReport
+from grpokit.progress import ProgressReport
 from grpokit.rewards import RewardBatch, resolve_reward, reward_name, score_completions
-from grpokit.rollout import SamplingParams
-from grpokit.trainers.common import write_summary
+from grpokit.sampling.sampler import SamplingParams
+from grpokit.monitoring.summary import write_summary
 
 
 def shingles(text: str, n: int = 3) -> set[str]:

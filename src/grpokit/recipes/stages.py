@@ -3,7 +3,7 @@ sampling, reward-model training, evaluation.
 
 SFT and GRPO run on every process under torchrun (rank 0 writes the files); the other stages
 run on one. The training stages take ``resume``: continue from the latest complete checkpoint in the stage's
-output directory (exactly; see ``grpokit.checkpoint``), or start afresh when there is none."""
+output directory (exactly; see ``grpokit.trainers.checkpoints``), or start afresh when there is none."""
 
 from __future__ import annotations
 
@@ -11,21 +11,21 @@ from pathlib import Path
 
 from rich import get_console
 
-from grpokit.checkpoint import latest_valid_checkpoint
+from grpokit.trainers.checkpoints import latest_valid_checkpoint
 from grpokit.config import MonitorConfig, RunConfig, write_resolved
 from grpokit.data import load_rows, prompt_key, to_prompt_rows, validate_prompt_rows
-from grpokit.distributed import ranks
+from grpokit.parallel.ranks import ranks
 from grpokit.errors import ConfigError, DatasetError
-from grpokit.evaluation import answer_matches, evaluate
+from grpokit.evaluation.evaluate import answer_matches, evaluate
 from grpokit.models import load_model, load_tokenizer, model_path, pick_device
 from grpokit.monitoring.callbacks import monitor_callbacks
-from grpokit.rejection import rejection_sample
+from grpokit.recipes.rejection_sampling import rejection_sample
 from grpokit.rewards import resolve_reward
 from grpokit.tasks import get_task
-from grpokit.trainers.common import write_summary
+from grpokit.monitoring.summary import write_summary
 from grpokit.trainers.grpo import GRPOTrainer
 from grpokit.trainers.ppo import PPOTrainer
-from grpokit.trainers.reward_model import run_reward_model
+from grpokit.trainers.reward_trainer import run_reward_model
 from grpokit.trainers.sft import SFTTrainer
 
 RUN_CONFIG = "run_config.yaml"  # the whole run tree, next to the stage's own config.yaml

@@ -1,21 +1,19 @@
-"""What every trainer needs: the model and tokenizer from a path or object, checkpoints, summaries."""
+"""The model a trainer trains: loaded from a path, a built-in name or an object, on its device,
+with LoRA adapters and activation checkpointing when the config asks; merged back at the end."""
 
 from __future__ import annotations
 
-import json
-import os
-import random
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpokit.config import OptimConfig
-from grpokit.distributed import setup
 from grpokit.errors import ConfigError
-from grpokit.models import BUILTIN_MODELS, builtin_model_dir, load_model, load_tokenizer, pick_device
+from grpokit.models.builtin import BUILTIN_MODELS, builtin_model_dir
+from grpokit.models.loading import load_model, load_tokenizer, pick_device
+from grpokit.parallel.ranks import setup
 
 
 def resolve_model(
@@ -28,7 +26,7 @@ def resolve_model(
 
     With ``args.use_lora`` (or a ``peft_config``, as in TRL) the model is wrapped with LoRA
     adapters; with ``args.gradient_checkpointing`` activations are recomputed in backward.
-    Under torchrun this process first joins the process group (``grpokit.distributed``).
+    Under torchrun this process first joins the process group (``grpokit.parallel.ranks``).
     """
     setup(args.distributed_timeout)
     device = pick_device(args.device)
@@ -62,30 +60,3 @@ def is_peft(model) -> bool:
 def final_model(model: PreTrainedModel) -> PreTrainedModel:
     """The model to save at the end: LoRA adapters merged into the base weights (in place)."""
     return model.merge_and_unload() if is_peft(model) else model
-
-
-def write_summary(output_dir: str | Path, summary: dict) -> Path:
-    """Write ``summary.json`` atomically (temp file + rename)."""
-    target = Path(output_dir) / "summary.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, target)
-    return target
-
-
-def shuffled_batches(items: list, size: int, seed: int) -> Iterator[list]:
-    """Endless batches of ``size`` items, a new permutation each epoch (the last partial batch
-    of an epoch is dropped unless the data is smaller than one batch).
-
-    >>> batches = shuffled_batches(list("abcde"), 2, seed=0)
-    >>> epoch = [next(batches) for _ in range(2)]
-    >>> all(len(b) == 2 for b in epoch), len(set(sum(epoch, [])))
-    (True, 4)
-    """
-    rng = random.Random(seed)
-    while True:
-        order = list(range(len(items)))
-        rng.shuffle(order)
-        for start in range(0, max(len(order) - size, 0) + 1, size):
-            yield [items[i] for i in order[start : start + size]]

@@ -43,8 +43,8 @@ def run_demo(cfg: RunConfig, show_progress: bool = True, console: Console | None
     ``seconds`` in the summary is the time of all stages, summed over the runs that did them
     (a rerun that skips finished stages does not replace it); ``wall_seconds`` is this run's.
     """
-    from grpokit.pipeline import run_pipeline
-    from grpokit.trainers.common import write_summary
+    from grpokit.recipes.pipeline import run_pipeline
+    from grpokit.monitoring.summary import write_summary
 
     console, out, started = console or Console(), Path(cfg.pipeline.output_dir), time.perf_counter()
     write_resolved(cfg, out, "run_config.yaml")

@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 from grpokit.config import RunConfig, StageSpec, validate
 from grpokit.errors import ConfigError, StageStopped
-from grpokit.distributed import local_only, main_first, ranks, setup
-from grpokit.stages import base_model, resume_point, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
+from grpokit.parallel.ranks import local_only, main_first, ranks, setup
+from grpokit.recipes.stages import base_model, resume_point, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
 
 POLICY_STAGES = ("sft", "grpo", "ppo")
 DISTRIBUTED_STAGES = ("sft", "grpo")  # run on every process under torchrun
@@ -217,7 +217,7 @@ def score_evaluations(cfg: RunConfig, out: Path, state: dict[str, dict]) -> None
 
 def write_pipeline_summary(out: Path, cfg: RunConfig, state: dict[str, dict]) -> dict:
     """``summary.json``: every stage in order with its output and held-out evaluation."""
-    from grpokit.trainers.common import write_summary
+    from grpokit.monitoring.summary import write_summary
 
     names = ([BASE] if BASE in state else []) + [spec.name for spec in cfg.pipeline.stages]
     stages = [{"name": name, "type": state[name]["type"], "output": state[name]["output"],

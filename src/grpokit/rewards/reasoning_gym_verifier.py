@@ -7,8 +7,8 @@ None for rows without that column.
 
 from __future__ import annotations
 
-from grpokit.rewards.rules import tag_content
-from grpokit.rewards.scoring import register_reward
+from grpokit.answers import tag_content
+from grpokit.rewards.lookup import register_reward
 
 
 @register_reward("reasoning_gym")
