@@ -253,3 +253,13 @@ def test_the_config_reference_page_is_generated_from_the_config_classes():
     assert generated in page, regenerate
     rows = [line for line in page.splitlines() if line.startswith("| `")]
     assert len(rows) == len(generated.splitlines()), regenerate  # and no stale rows around it
+
+
+def test_a_bare_off_in_yaml_is_the_off_choice(tmp_path):
+    """YAML 1.1 reads ``off`` as false; fields whose choices include 'off' take it as 'off'."""
+    path = tmp_path / "run.yaml"
+    path.write_text("grpo:\n  dynamic_sampling: off\n  monitor:\n    alerts:\n      kl: {action: off}\n")
+    config = load_config(path, ["ppo.monitor.alerts.entropy.action=off"])
+    assert config.grpo.dynamic_sampling == "off"
+    assert config.grpo.monitor.alerts.kl.action == "off"
+    assert config.ppo.monitor.alerts.entropy.action == "off"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -60,6 +60,20 @@ class Section(BaseModel):
         if isinstance(data, dict):  # ``grpo:`` with nothing under it is None in YAML
             data = {k: ({} if v is None and _is_required_section(cls, k) else v) for k, v in data.items()}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_off_is_a_choice(cls, data: Any) -> Any:
+        """YAML reads a bare ``off`` as false: a field whose choices include 'off' takes it as 'off'
+        (``dynamic_sampling: off``, ``action: off``)."""
+        if isinstance(data, dict):
+            data = {k: ("off" if v is False and _offers_off(cls, k) else v) for k, v in data.items()}
+        return data
+
+
+def _offers_off(model: type[BaseModel], key: str) -> bool:
+    field = model.model_fields.get(key) if isinstance(key, str) else None
+    return field is not None and "off" in get_args(field.annotation)
 
 
 def _is_required_section(model: type[BaseModel], key: str) -> bool:
