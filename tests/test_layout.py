@@ -95,3 +95,15 @@ def test_docstrings_cite_only_files_in_the_repository():
                        (ROOT / name, ROOT / "docs" / name, path.parent / name, PACKAGE / name)):
                 missing.append(f"{path.relative_to(ROOT)} cites {name}")
     assert missing == []
+
+
+def test_an_installed_wheel_would_hold_every_module_and_data_file():
+    """setuptools packs only directories with an ``__init__.py`` and the data files that
+    ``tool.setuptools.package-data`` names (``pip install .``, unlike ``-e``, reads nothing else)."""
+    section = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
+    patterns = re.findall(r'"([^"]+)"', re.search(r"^grpokit = \[(.*?)\]", section, re.M).group(1))
+    packaged = {path for pattern in patterns for path in PACKAGE.glob(pattern)}
+    files = [p for p in PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert [str(p.relative_to(PACKAGE)) for p in files if p.suffix != ".py" and p not in packaged] == []
+    assert [str(d.relative_to(PACKAGE)) for d in {p.parent for p in files if p.suffix == ".py"}
+            if not (d / "__init__.py").exists()] == []
