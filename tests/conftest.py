@@ -1,7 +1,14 @@
-"""Shared tiny-model fixtures (CPU, no downloads)."""
+"""Shared fixtures: tiny models (CPU, no downloads) and the real SmolLM2 converted once per session."""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
+from grpokit.cli import app
+from grpokit.models import builtin
 
 from grpokit.models import build_char_tokenizer, create_tiny_model
 
@@ -48,3 +55,18 @@ def tiny_model(char_tokenizer):
 @pytest.fixture(scope="session")
 def varied_model(char_tokenizer):
     return make_varied_model(char_tokenizer)
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """The package's GGUF file converted by `grpokit models import-gguf`, once per test session."""
+    spec = builtin.BUILTIN_MODELS[SMOLLM2]
+    gguf = Path(importlib.util.find_spec(spec.package).submodule_search_locations[0]) / spec.file
+    out = tmp_path_factory.mktemp("models") / SMOLLM2
+    result = CliRunner().invoke(app, ["models", "import-gguf", str(gguf), str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.parent.iterdir()) == [SMOLLM2]  # no staging directory left
+    return out

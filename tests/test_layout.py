@@ -22,6 +22,7 @@ LAYERS = [
     ["parallel"],
     ["models"],
     ["tasks", "sampling"],
+    ["agents"],
     ["rewards"],
     ["evaluation"],
     ["monitoring"],

@@ -5,8 +5,6 @@ embeddings, LoRA; and reasoning-gym problems with their verifier."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,18 +26,6 @@ pytestmark = pytest.mark.slow  # subprocesses or the real model: run by the full
 
 NAME = "smollm2-135m-instruct"
 TASK = ReasoningGymTask("chain_sum", {"min_terms": 2, "max_terms": 2, "max_digits": 1})
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
-    """The package's GGUF file converted by `grpokit models import-gguf`, once per test session."""
-    spec = builtin.BUILTIN_MODELS[NAME]
-    gguf = Path(importlib.util.find_spec(spec.package).submodule_search_locations[0]) / spec.file
-    out = tmp_path_factory.mktemp("models") / NAME
-    result = CliRunner().invoke(app, ["models", "import-gguf", str(gguf), str(out)])
-    assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.parent.iterdir()) == [NAME]  # no staging directory left
-    return out
 
 
 @pytest.fixture
