@@ -63,3 +63,51 @@ def test_environment_tokens_end_with_the_next_assistant_header(tokenizer):
     ids = EnvironmentTokens(tokenizer)([{"role": "tool", "content": "42"}])
     assert tokenizer.decode(ids) == "\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n"
     assert Episode([1]).tokens_by_role() == {"prompt": 1, "model": 0, "environment": 0}
+
+
+class Echo:
+    """Answers every model turn with a tool message, so episodes run to max_turns or the budget."""
+
+    def respond(self, turns, stats):
+        return [[{"role": "tool", "content": f"seen {len(text)} characters"}] for text in turns]
+
+
+def test_sampled_episodes_hold_the_sampled_tokens_with_their_log_probs(smollm2_dir):
+    import torch
+
+    from grpokit.agents.multi_turn import sample_episodes
+    from grpokit.models import load_model
+    from grpokit.sampling.sampler import SamplingParams
+
+    model, tokenizer = load_model(smollm2_dir).eval(), load_tokenizer(smollm2_dir)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=False) for q in ("Say hi.", "Count to 3.")]
+    episodes, truncated, stats = sample_episodes(model, tokenizer, prompts, 2, SamplingParams(max_new_tokens=24),
+                                                 Echo(), max_turns=3, max_tokens=90,
+                                                 generator=torch.Generator().manual_seed(0))
+    environment = EnvironmentTokens(tokenizer)
+    assert sum(stats.model_turns) > len(episodes)  # some episodes went on after their first turn
+    assert len(episodes) == 4 and stats.model_turns == [e.model_turns for e in episodes]
+    for episode, cut in zip(episodes, truncated):
+        assert len(episode.ids) <= 90 and 1 <= episode.model_turns <= 3
+        assert cut or episode.model_turns == 3  # Echo never ends an episode itself
+        # every environment block is the template's rendering of the Echo message
+        blocks, start = [], None
+        for j, m in enumerate(episode.sampled_mask + [1]):
+            if m == 0 and start is None:
+                start = j
+            elif m == 1 and start is not None:
+                blocks.append(episode.ids[start:j])
+                start = None
+        assert len(blocks) == episode.model_turns - 1 + (1 if episode.sampled_mask[-1] == 0 else 0)
+        for block in blocks:
+            text = tokenizer.decode(block)
+            assert text.startswith("\n<|im_start|>tool\nseen ") and text.endswith("<|im_start|>assistant\n")
+            assert block == environment([{"role": "tool", "content": text.split("\n")[2].split("<|im_end|>")[0]}])
+        # the sampler's log-probs at sampled tokens equal a plain forward over the whole context
+        with torch.no_grad():
+            logits = model(torch.tensor([episode.context_ids])).logits[0].float()
+        offset = len(episode.prompt_ids)
+        logp = torch.log_softmax(logits[offset - 1 : -1], -1).gather(1, torch.tensor(episode.ids)[:, None])[:, 0]
+        sampled = torch.tensor(episode.sampled_mask, dtype=torch.bool)
+        assert torch.allclose(logp[sampled], torch.tensor(episode.sampling_logp)[sampled], atol=2e-3)

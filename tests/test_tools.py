@@ -146,3 +146,19 @@ def test_python_that_kills_its_process_hangs_or_eats_memory_is_told_so():
     box = ToolBox([python], timeout_s=10)  # as a tool: its schema and a call
     assert box.schemas[0]["function"]["parameters"]["required"] == ["code"]
     assert box.run([ToolCall("python", {"code": "print(2 ** 10)"})])[0].content == "1024"
+
+
+def test_the_tool_environment_answers_each_call_and_ends_episodes_without_calls():
+    from grpokit.agents.multi_turn import EpisodeStats, ToolEnvironment
+
+    stats = EpisodeStats()
+    replies = ToolEnvironment(ToolBox([add, fail], timeout_s=5)).respond([
+        '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 2}}</tool_call>',
+        "<answer>4</answer>",
+        '<tool_call>{"name": "fail", "arguments": {"message": "no"}}</tool_call> <tool_call>{oops}</tool_call>',
+    ], stats)
+    assert replies[0] == [{"role": "tool", "name": "add", "content": "4"}]
+    assert replies[1] is None
+    assert replies[2][0]["content"].startswith("error: tool call 2 is not valid JSON")
+    assert replies[2][1] == {"role": "tool", "name": "fail", "content": "error: tool 'fail' raised ValueError: no"}
+    assert (stats.tool_calls, stats.malformed_calls, dict(stats.tool_errors)) == (2, 1, {"raised": 1})
