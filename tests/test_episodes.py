@@ -4,6 +4,8 @@ template's own rendering, and only sampled tokens are in the loss mask."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from grpokit.agents.episodes import Episode, EnvironmentTokens
@@ -111,3 +113,47 @@ def test_sampled_episodes_hold_the_sampled_tokens_with_their_log_probs(smollm2_d
         logp = torch.log_softmax(logits[offset - 1 : -1], -1).gather(1, torch.tensor(episode.ids)[:, None])[:, 0]
         sampled = torch.tensor(episode.sampled_mask, dtype=torch.bool)
         assert torch.allclose(logp[sampled], torch.tensor(episode.sampling_logp)[sampled], atol=2e-3)
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers.
+
+    Args:
+        a: The first factor.
+        b: The second factor.
+    """
+    return a * b
+
+
+def test_a_grpo_step_on_episodes_trains_only_the_sampled_tokens(smollm2_dir, tmp_path):
+    from grpokit import GRPOConfig, GRPOTrainer
+
+    rows = [{"prompt": [{"role": "user", "content": text}]} for text in ("Say hi.", "Say yes.")]
+    seen = []
+
+    def final_answer_length(prompts, completions, **kwargs):
+        seen.extend(completions)
+        return [float(len(c[-1]["content"]) % 5) for c in completions]
+
+    args = GRPOConfig(output_dir=str(tmp_path), prompts_per_step=2, num_generations=2, max_completion_length=64,
+                      max_steps=2, beta=0.04, learning_rate=1e-5, max_tool_calling_iterations=2, save_steps=0)
+    steps = []
+
+    class Record:
+        def on_step_end(self, trainer, step, batch, metrics):
+            steps.append((batch, dict(metrics)))
+            trainer.environment = Echo()  # from step 2 on, an environment that answers every turn
+
+    trainer = GRPOTrainer(model=str(smollm2_dir), reward_funcs=[final_answer_length], args=args, train_dataset=rows,
+                          tools=[multiply], callbacks=[Record()])
+    assert trainer.environment.toolbox.schemas[0]["function"]["name"] == "multiply"
+    trainer.train(show_progress=False)
+    (_, first), (batch, second) = steps
+    assert first["agent/turns_mean"] >= 1 and "agent/tool_calls" in first  # the real tools: called or not
+    rollout = batch.rollout
+    environment_tokens = (rollout.completion_mask - rollout.sampled_mask).bool()
+    assert environment_tokens.any() and second["agent/environment_tokens_mean"] > 0
+    assert (batch.loss_mask[environment_tokens] == 0).all() and (batch.weights[environment_tokens] == 0).all()
+    assert (batch.loss_mask.bool() == rollout.sampled_mask.bool()).all()
+    assert all(isinstance(c, list) and c[0]["role"] == "assistant" for c in seen)
+    assert math.isfinite(second["loss"]) and second["agent/turns_mean"] > 1

@@ -35,6 +35,7 @@ class Episode:
     sampled_mask: list[int] = field(default_factory=list)
     sampling_logp: list[float] = field(default_factory=list)
     model_turns: int = 0
+    messages: list[dict] = field(default_factory=list)  # the turns as chat messages, for rewards and logs
 
     def add_model_turn(self, ids: list[int], logps: list[float]) -> None:
         if len(ids) != len(logps):

@@ -24,8 +24,8 @@ import torch
 
 from grpokit.agents.episodes import Episode, EnvironmentTokens
 from grpokit.agents.tool_calls import parse_tool_calls
-from grpokit.agents.tools import ToolBox
-from grpokit.sampling.sampler import SamplingParams, generate
+from grpokit.agents.tools import ERROR_KINDS, ToolBox
+from grpokit.sampling.sampler import Rollout, SamplingParams, generate, left_pad
 
 
 @dataclass
@@ -79,10 +79,10 @@ def sample_episodes(model, tokenizer, prompt_ids: list[list[int]], group_size: i
     stats = EpisodeStats()
     turn_limit = replace(params, max_new_tokens=min(params.max_new_tokens, max_tokens))
     first = generate(model, prompt_ids, group_size, turn_limit, eos, pad, generator)
-    live = _add_turns(episodes, truncated, range(len(episodes)), first, eos, max_tokens)
+    live = _add_turns(episodes, truncated, range(len(episodes)), first, eos, max_tokens, tokenizer)
     while live:
         tic = time.perf_counter()
-        texts = [tokenizer.decode(_last_turn(episodes[i]), skip_special_tokens=True) for i in live]
+        texts = [episodes[i].messages[-1]["content"] for i in live]
         replies = environment.respond(texts, stats)
         stats.environment_seconds += time.perf_counter() - tic
         going = []
@@ -94,18 +94,35 @@ def sample_episodes(model, tokenizer, prompt_ids: list[list[int]], group_size: i
                 truncated[i] = True
                 continue
             episodes[i].add_environment(ids)
+            episodes[i].messages += messages
             going.append(i)
         if not going:
             break
         budget = max(max_tokens - len(episodes[i].ids) for i in going)
         rollout = generate(model, [episodes[i].context_ids for i in going], 1,
                            replace(params, max_new_tokens=min(params.max_new_tokens, budget)), eos, pad, generator)
-        live = _add_turns(episodes, truncated, going, rollout, eos, max_tokens)
+        live = _add_turns(episodes, truncated, going, rollout, eos, max_tokens, tokenizer)
     stats.model_turns = [episode.model_turns for episode in episodes]
     return episodes, truncated, stats
 
 
-def _add_turns(episodes, truncated, rows, rollout, eos: int, max_tokens: int) -> list[int]:
+def episodes_to_rollout(episodes: list[Episode], truncated: list[bool], group_size: int, pad_id: int) -> Rollout:
+    """The episodes as one :class:`Rollout`: each group's prompt once, every episode's tokens after
+    it as the completion (all attended to), ``sampled_mask`` marking the trained ones."""
+    prompts = [episodes[i].prompt_ids for i in range(0, len(episodes), group_size)]
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    width = max(len(e.ids) for e in episodes)
+    pad = lambda values, fill: values + [fill] * (width - len(values))  # noqa: E731
+    return Rollout(prompt_ids, prompt_mask,
+                   torch.tensor([pad(e.ids, pad_id) for e in episodes]),
+                   torch.tensor([pad([1] * len(e.ids), 0) for e in episodes]),
+                   torch.tensor([pad(e.sampling_logp, 0.0) for e in episodes]),
+                   torch.tensor(truncated), group_size,
+                   sampled_mask=torch.tensor([pad(e.sampled_mask, 0) for e in episodes]),
+                   conversations=[e.messages for e in episodes])
+
+
+def _add_turns(episodes, truncated, rows, rollout, eos: int, max_tokens: int, tokenizer) -> list[int]:
     """Append each row's sampled turn (cut to the episode's budget); return the rows whose turn
     ended with end-of-turn, which the environment answers next."""
     answered = []
@@ -113,6 +130,8 @@ def _add_turns(episodes, truncated, rows, rollout, eos: int, max_tokens: int) ->
         room = max_tokens - len(episodes[row].ids)
         ids, logps = ids[:room], logps[: min(len(ids), room)]
         episodes[row].add_model_turn(ids, logps)
+        episodes[row].messages.append({"role": "assistant",
+                                       "content": tokenizer.decode(ids, skip_special_tokens=True)})
         if ids and ids[-1] == eos:
             answered.append(row)
         else:
@@ -120,9 +139,15 @@ def _add_turns(episodes, truncated, rows, rollout, eos: int, max_tokens: int) ->
     return answered
 
 
-def _last_turn(episode: Episode) -> list[int]:
-    """The token ids of the episode's latest model turn."""
-    start = len(episode.sampled_mask)
-    while start > 0 and episode.sampled_mask[start - 1]:
-        start -= 1
-    return episode.ids[start:]
+def episode_metrics(stats: EpisodeStats | None, rollout: Rollout) -> dict[str, float]:
+    """The step's ``agent/*`` metrics (none without episodes): turns per episode, tool calls, tool
+    errors by kind, malformed calls, and model and environment tokens per episode."""
+    if stats is None or rollout.sampled_mask is None:
+        return {}
+    turns = torch.tensor(stats.model_turns, dtype=torch.float)
+    sampled = rollout.sampled_mask.sum(1).float()
+    return {"agent/turns_mean": float(turns.mean()), "agent/turns_max": float(turns.max()),
+            "agent/tool_calls": float(stats.tool_calls), "agent/malformed_calls": float(stats.malformed_calls),
+            **{f"agent/tool_errors/{kind}": float(stats.tool_errors[kind]) for kind in ERROR_KINDS},
+            "agent/model_tokens_mean": float(sampled.mean()),
+            "agent/environment_tokens_mean": float((rollout.completion_mask.sum(1).float() - sampled).mean())}

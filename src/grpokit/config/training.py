@@ -190,6 +190,17 @@ class GRPOConfig(SamplingConfig):
     max_sampling_rounds: int = Field(3, ge=1)
     """With dynamic_sampling 'refill': the most rounds of prompts_per_step prompts sampled per
     step (a batch still short after them trains on the groups it has)."""
+    tools: list[str] = Field(default_factory=list)
+    """Tools the policy may call ('package.module:function'; TRL's tools=): each completion becomes
+    a multi-turn episode in which tool calls (<tool_call>{"name": ..., "arguments": {...}}
+    </tool_call>) are run and their results appended as tool messages; only the sampled tokens
+    are trained on. Needs chat prompts and a chat template that ends a turn with EOS."""
+    max_tool_calling_iterations: int | None = Field(None, ge=0)
+    """With tools: the most rounds of tool calls per episode (TRL's name); None: until the model
+    stops calling tools or max_completion_length (sampled + tool tokens) is reached."""
+    tool_timeout_s: float = Field(10.0, gt=0)
+    """With tools: seconds a round of tool calls may take before the unanswered ones are told
+    they timed out."""
     reward_weights: list[float] | None = None
     """Weight of each reward function in the total reward; None weighs each 1."""
     reward_errors: Literal["raise", "skip"] = "raise"

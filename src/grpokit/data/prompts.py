@@ -14,11 +14,12 @@ from grpokit.errors import DatasetError
 # --------------------------------------------------------------------------- rendering
 
 
-def render_prompt(prompt: str | list[dict], tokenizer: Any) -> str:
+def render_prompt(prompt: str | list[dict], tokenizer: Any, tools: list[dict] | None = None) -> str:
     """Turn a prompt into the text the model is fed.
 
     A string is returned unchanged; a message list goes through
-    ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``.
+    ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``, with the ``tools``' schemas
+    when given (a template that supports tools shows them to the model).
 
     >>> render_prompt("2+2=", tokenizer=None)
     '2+2='
@@ -36,10 +37,10 @@ def render_prompt(prompt: str | list[dict], tokenizer: Any) -> str:
             f"render_prompt: tokenizer '{name}' has no chat_template, so chat-message "
             f"prompts cannot be rendered; set tokenizer.chat_template or use string prompts"
         )
-    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True, tools=tools)
 
 
-def encode_prompt(prompt: str | list[dict], tokenizer: Any, where: str) -> list[int]:
+def encode_prompt(prompt: str | list[dict], tokenizer: Any, where: str, tools: list[dict] | None = None) -> list[int]:
     """Token ids of the rendered prompt; a :class:`DatasetError` naming ``where`` when the text
     holds characters the tokenizer has no token for (they would silently become its unknown
     token, e.g. ``é`` for the embedded default's character vocabulary).
@@ -52,7 +53,7 @@ def encode_prompt(prompt: str | list[dict], tokenizer: Any, where: str) -> list[
     ...
     grpokit.errors.DatasetError: row 3: the tokenizer has no token for 'é', which would become '<pad>'; remove or replace those characters (the embedded default reads digits, ASCII letters, punctuation, space and newline)
     """
-    text = render_prompt(prompt, tokenizer)
+    text = render_prompt(prompt, tokenizer, tools)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     unknown = getattr(tokenizer, "unk_token_id", None)
     if unknown is not None and unknown in ids and tokenizer.unk_token not in text:

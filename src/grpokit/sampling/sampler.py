@@ -89,10 +89,19 @@ class Rollout:
     sampling_logp: torch.Tensor  # (N, Tc) log-prob of each token at the sampling temperature
     truncated: torch.Tensor  # (N,) bool: no EOS within max_new_tokens
     group_size: int
+    # multi-turn episodes (grpokit.agents): 1 where the policy sampled the token, 0 on the
+    # environment's tokens; and each episode's messages (assistant turns and tool replies)
+    sampled_mask: torch.Tensor | None = None  # (N, Tc)
+    conversations: list[list[dict]] | None = None
 
     @property
     def num_completions(self) -> int:
         return self.completion_ids.shape[0]
+
+    def loss_tokens(self) -> torch.Tensor:
+        """``(N, Tc)`` 1 on the tokens the policy is trained on: every generated token, or in
+        multi-turn episodes only the sampled ones (environment tokens are context)."""
+        return self.completion_mask if self.sampled_mask is None else self.sampled_mask
 
     def completion_lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(1)  # (N,)
@@ -306,7 +315,9 @@ def select_groups(rollout: Rollout, groups: torch.Tensor) -> Rollout:
     rows = (groups[:, None] * rollout.group_size + torch.arange(rollout.group_size)).flatten()
     return Rollout(rollout.prompt_ids[groups], rollout.prompt_mask[groups], rollout.completion_ids[rows],
                    rollout.completion_mask[rows], rollout.sampling_logp[rows], rollout.truncated[rows],
-                   rollout.group_size)
+                   rollout.group_size,
+                   None if rollout.sampled_mask is None else rollout.sampled_mask[rows],
+                   None if rollout.conversations is None else [rollout.conversations[i] for i in rows.tolist()])
 
 
 def concat_rollouts(parts: list[Rollout]) -> Rollout:
@@ -321,4 +332,6 @@ def concat_rollouts(parts: list[Rollout]) -> Rollout:
                    torch.cat([right(p.completion_ids, width) for p in parts]),
                    torch.cat([right(p.completion_mask, width) for p in parts]),
                    torch.cat([right(p.sampling_logp, width) for p in parts]),
-                   torch.cat([p.truncated for p in parts]), parts[0].group_size)
+                   torch.cat([p.truncated for p in parts]), parts[0].group_size,
+                   None if parts[0].sampled_mask is None else torch.cat([right(p.sampled_mask, width) for p in parts]),
+                   None if parts[0].conversations is None else sum((p.conversations for p in parts), []))

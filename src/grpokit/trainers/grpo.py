@@ -27,14 +27,13 @@ totals, and the step's metrics are reduced over ranks (``grpokit.parallel.ranks`
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 from transformers import set_seed
 
+from grpokit.agents.multi_turn import episode_metrics
 from grpokit.algorithms import (
     ADVANTAGE_ESTIMATORS,
     AGGREGATIONS,
@@ -50,11 +49,12 @@ from grpokit.config import GRPOConfig
 from grpokit.parallel.ranks import add_stats, any_across, gather_advantage_inputs, reduce_metrics, stats_across, sum_across
 from grpokit.parallel.training_engine import shard
 from grpokit.errors import ConfigError
-from grpokit.rewards import RewardBatch, reward_metrics, score_completions
+from grpokit.rewards import RewardBatch, score_completions
 from grpokit.rewards.step_scores import StepScorer, resolve_process_reward
 from grpokit.sampling.sampler import Rollout, concat_rollouts, select_groups
 from grpokit.models.for_training import is_peft, resolve_model
 from grpokit.trainers.optim import build_optimizer, clip_and_step
+from grpokit.trainers.grpo_metrics import headline_reward, step_metrics, summarize
 from grpokit.trainers.on_policy import OnPolicyTrainer
 
 
@@ -119,6 +119,10 @@ class GRPOTrainer(OnPolicyTrainer):
     other column reaches the reward functions as a keyword argument. ``reward_funcs`` may be
     empty when ``args.process_reward`` is set.
 
+    ``tools`` (TRL's) are functions, plain or ``async``, with type hints and Google-style
+    docstrings (their schemas reach the chat template), or their import paths; with tools every
+    completion is a multi-turn episode (``grpokit.agents``).
+
     ``callbacks`` are objects with an optional ``on_step_end(trainer, step, batch, metrics)``,
     called after every step (``step`` counts from 1, ``batch`` is the ``StepBatch``); keys they
     add to ``metrics`` are written to metrics.jsonl, and they may call ``trainer.request_stop(reason)``
@@ -129,9 +133,10 @@ class GRPOTrainer(OnPolicyTrainer):
     stage = "grpo"
 
     def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None,
-                 processing_class=None, peft_config=None, callbacks=None):
+                 processing_class=None, peft_config=None, callbacks=None, tools=None):
         self.args = args = args or GRPOConfig()
         self.init_rewards(reward_funcs, train_dataset, "GRPOTrainer")
+        self.init_tools(list(tools or []) + args.tools)
         if not self.reward_funcs and args.process_reward is None:
             raise ConfigError("GRPOTrainer needs at least one reward function (or args.process_reward)")
         self.estimator = ADVANTAGE_ESTIMATORS.get(args.advantage_estimator)
@@ -178,8 +183,9 @@ class GRPOTrainer(OnPolicyTrainer):
 
         # 6. metrics ----------------------------------------------------------------------------
         self.step_index += 1
-        metrics = reduce_metrics(step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
-                                              args.num_generations))
+        metrics = reduce_metrics({**step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
+                                                 args.num_generations),
+                                  **episode_metrics(self.episode_stats, batch.rollout)})
         problem = next((p["problem"] for p in passes if p["problem"]), None)
         return self.end_step(batch, metrics, problem)
 
@@ -193,7 +199,7 @@ class GRPOTrainer(OnPolicyTrainer):
         rollout = scored.rollout
 
         # 3. advantages -----------------------------------------------------------------------
-        loss_mask = rollout.completion_mask.float()  # (N, Tc)
+        loss_mask = rollout.loss_tokens().float()  # (N, Tc): multi-turn episodes train on sampled tokens only
         if args.mask_truncated_completions:
             loss_mask = loss_mask * (~rollout.truncated).float()[:, None]
         advantages = self.advantages(scored, loss_mask)  # (N, Tc)
@@ -247,7 +253,8 @@ class GRPOTrainer(OnPolicyTrainer):
         """Every reward function on the completions, and the process reward's step scores."""
         texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         inputs = self.reward_inputs(rows, rollout)
-        rewards = (score_completions(self.reward_funcs, completions=texts, weights=self.args.reward_weights,
+        completions = rollout.conversations or texts  # an episode's messages, as TRL gives them
+        rewards = (score_completions(self.reward_funcs, completions=completions, weights=self.args.reward_weights,
                                      on_error=self.args.reward_errors, **inputs)
                    if self.reward_funcs else None)
         steps = (self.step_scorer(texts, tokenizer=self.tokenizer, **inputs)
@@ -341,79 +348,3 @@ class GRPOTrainer(OnPolicyTrainer):
     def checkpoint_models(self) -> dict:
         """The reference moves with iterative GRPO, so it is saved then (``reference/``)."""
         return {"reference": self.ref_model} if self.args.ref_model_sync_steps else {}
-
-
-
-def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
-                 group_size: int) -> dict[str, float]:
-    """The per-step metrics written to metrics.jsonl."""
-    rollout = batch.rollout
-    adv = batch.advantages[batch.loss_mask > 0]  # over the tokens that enter the loss
-    if adv.numel() == 0:
-        adv = batch.advantages.new_zeros(1)
-    lengths = rollout.completion_lengths().float()  # (N,)
-    tokens = max(sum(p["tokens"] for p in passes), 1.0)
-    clip_units = max(sum(p["clip_units_sum"] for p in passes), 1.0)  # tokens, or sequences (GSPO)
-    mean_over = lambda key, units=tokens: sum(p[key] for p in passes) / units  # noqa: E731
-    metrics = {
-        **(outcome_metrics(batch.rewards, group_size) if batch.rewards is not None else {}),
-        **(process_metrics(batch.step_rewards) if batch.step_rewards is not None else {}),
-        "advantage/mean": adv.mean().item(), "advantage/std": adv.std().item(),
-        "advantage/min": adv.min().item(), "advantage/max": adv.max().item(),
-        "loss": sum(p["loss"] for p in passes) / len(passes),
-        "kl": mean_over("kl_sum"), "entropy": mean_over("entropy_sum"),
-        # TRL's names and definitions (token means; sequence means at sequence level)
-        "clip_ratio/low_mean": mean_over("clip_low_sum", clip_units),
-        "clip_ratio/high_mean": mean_over("clip_high_sum", clip_units),
-        "clip_ratio/region_mean": mean_over("clip_region_sum", clip_units),
-        "clip_ratio/low_min": min(p["clip_low_min"] for p in passes),
-        "clip_ratio/high_max": max(p["clip_high_max"] for p in passes),
-        **({"sampling/importance_weight_max": max(p["sampler_weight_max"] for p in passes)}
-           if "sampler_weight_max" in passes[0] else {}),
-        "completion/mean_length": lengths.mean().item(),
-        "completion/min_length": lengths.min().item(),
-        "completion/max_length": lengths.max().item(),
-        "completion/truncated_frac": rollout.truncated.float().mean().item(),
-        "learning_rate": lr, "grad_norm": sum(p["grad_norm"] for p in passes) / len(passes),
-        **{f"time/{k}": v for k, v in timings.items()},
-        "completion_tokens_per_s": lengths.sum().item() / timings["step"],
-        **({f"sampling/{k}": float(v) for k, v in batch.sampling.items()} if batch.sampling else {}),
-    }
-    return metrics
-
-
-def outcome_metrics(rewards: RewardBatch, group_size: int) -> dict[str, float]:
-    """Reward means and stds, and the fraction of groups whose rewards are all equal."""
-    groups = rewards.total.view(-1, group_size)  # (P, G)
-    return {**reward_metrics(rewards),
-            "reward/frac_zero_std": (groups.max(1).values == groups.min(1).values).float().mean().item()}
-
-
-def process_metrics(step_rewards: list[list[float]]) -> dict[str, float]:
-    """Mean and std of the step scores, and the mean number of steps per completion.
-
-    >>> {k: round(v, 4) for k, v in process_metrics([[1.0, 0.0], [1.0]]).items()}
-    {'process_reward/mean': 0.6667, 'process_reward/std': 0.5774, 'process_reward/steps': 1.5}
-    """
-    flat = torch.tensor([r for row in step_rewards for r in row], dtype=torch.float64)
-    return {"process_reward/mean": flat.mean().item() if flat.numel() else math.nan,
-            "process_reward/std": flat.std().item() if flat.numel() > 1 else math.nan,
-            "process_reward/steps": flat.numel() / len(step_rewards)}
-
-
-def headline_reward(metrics: dict[str, float]) -> float:
-    """The reward shown and summarised: the outcome mean, else the process-reward mean."""
-    return metrics["reward/mean"] if "reward/mean" in metrics else metrics["process_reward/mean"]
-
-
-def summarize(history: list[dict], seconds: float, model_dir: Path) -> dict:
-    """summary.json for a GRPO run: reward at the start and end, time, where the model is."""
-    tail = history[-10:]
-    return {
-        "stage": "grpo",
-        "steps": len(history),
-        "seconds": seconds,
-        "reward_first_step": headline_reward(history[0]),
-        "reward_last_10_steps": sum(headline_reward(m) for m in tail) / len(tail),
-        "model_dir": str(model_dir),
-    }

@@ -25,7 +25,10 @@ from types import SimpleNamespace
 import torch
 
 from grpokit.trainers.micro_batches import MicroBatch, plan_micro_batches, sorted_plan
-from grpokit.data import PromptStream, encode_prompt, extra_columns, load_rows, validate_prompt_rows
+from grpokit.agents.multi_turn import ToolEnvironment, episodes_to_rollout, sample_episodes
+from grpokit.agents.tools import ToolBox
+from grpokit.data import PromptStream, encode_prompt, extra_columns, is_conversational, load_rows, validate_prompt_rows
+from grpokit.imports import import_object
 from grpokit.errors import ConfigError
 from grpokit.trainers.logprobs import completion_logprobs, model_logprobs, shared_prefix_logprobs
 from grpokit.rewards import resolve_reward
@@ -35,6 +38,8 @@ from grpokit.trainers.loop import TrainingLoop
 
 class OnPolicyTrainer(TrainingLoop):
     """Sampling, reward inputs and log-prob forwards shared by GRPO and PPO."""
+
+    environment = None  # the tool environment of multi-turn episodes (init_tools)
 
     def init_rewards(self, reward_funcs, train_dataset, name: str) -> None:
         """Validated rows, resolved reward functions and a checked ``reward_weights``."""
@@ -50,6 +55,12 @@ class OnPolicyTrainer(TrainingLoop):
             raise ConfigError(f"reward_weights has {len(weights)} values but there are "
                               f"{len(self.reward_funcs)} reward functions; give one weight per function")
 
+    def init_tools(self, tools: list) -> None:
+        """The tool environment of ``tools`` (callables or import paths), or None without tools."""
+        functions = [import_object(t, f"tools[{i}]") if isinstance(t, str) else t for i, t in enumerate(tools)]
+        self.environment = ToolEnvironment(ToolBox(functions, self.args.tool_timeout_s)) if functions else None
+        self.episode_stats = None
+
     def init_sampling(self) -> None:
         """Pre-tokenized prompts, the resumable prompt stream and the sampler's settings."""
         args, world = self.args, self.ranks.world_size
@@ -57,6 +68,9 @@ class OnPolicyTrainer(TrainingLoop):
             raise ConfigError(f"prompts_per_step ({args.prompts_per_step}) is the global number of prompts "
                              f"per step and must be a multiple of the number of processes ({world})")
         self.columns = extra_columns(self.rows)
+        if self.environment is not None and not all(is_conversational(r["prompt"]) for r in self.rows):
+            raise ConfigError("tools need chat prompts (a list of messages per row), so the chat template can "
+                              "show the tools and the tool replies")
         self.prompt_ids = [self._encode(r["prompt"], f"train_dataset row {i}") for i, r in enumerate(self.rows)]
         # rows carry their position so a sampled row finds its pre-tokenized prompt
         self.stream = PromptStream([{**r, "_index": i} for i, r in enumerate(self.rows)], args.seed)
@@ -70,7 +84,8 @@ class OnPolicyTrainer(TrainingLoop):
         return ref
 
     def _encode(self, prompt, where: str) -> list[int]:
-        ids = encode_prompt(prompt, self.tokenizer, where)
+        tools = self.environment.toolbox.schemas if self.environment is not None else None
+        ids = encode_prompt(prompt, self.tokenizer, where, tools)
         limit = self.args.max_prompt_length
         return ids[-limit:] if limit else ids
 
@@ -84,6 +99,8 @@ class OnPolicyTrainer(TrainingLoop):
         started = time.perf_counter()
         prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
         group = self.args.num_generations
+        if self.environment is not None:
+            return self.sample_episodes(prompt_ids, timings, started)
         table = random_table(self.args.prompts_per_step * group, self.sampling.max_new_tokens,
                              self.generator)  # (global P·G, max new tokens)
         first = self.ranks.row_offset(len(rows) * group)
@@ -93,6 +110,18 @@ class OnPolicyTrainer(TrainingLoop):
                                keep_decoding=self.engine.keep_decoding())
         timings["generate"] = time.perf_counter() - started
         return rollout
+
+    def sample_episodes(self, prompt_ids: list[list[int]], timings: dict, started: float) -> Rollout:
+        """Multi-turn episodes with the tool environment, as one rollout."""
+        args, iterations = self.args, self.args.max_tool_calling_iterations
+        with self.autocast():
+            episodes, truncated, self.episode_stats = sample_episodes(
+                self.model, self.tokenizer, prompt_ids, args.num_generations, self.sampling, self.environment,
+                max_turns=iterations + 1 if iterations is not None else args.max_completion_length,
+                max_tokens=args.max_completion_length, generator=self.generator)
+        timings["generate"] = time.perf_counter() - started - self.episode_stats.environment_seconds
+        timings["environment"] = self.episode_stats.environment_seconds
+        return episodes_to_rollout(episodes, truncated, args.num_generations, self.tokenizer.pad_token_id)
 
     def reward_inputs(self, rows: list[dict], rollout: Rollout) -> dict:
         """The keywords every reward receives besides the completions."""

@@ -56,7 +56,7 @@ from grpokit.rewards import RewardBatch, reward_metrics, score_completions
 from grpokit.sampling.sampler import Rollout
 from grpokit.models.for_training import final_model, is_peft, resolve_model
 from grpokit.monitoring.summary import write_summary
-from grpokit.trainers.grpo import summarize
+from grpokit.trainers.grpo_metrics import summarize
 from grpokit.trainers.optim import build_optimizer, clip_and_step
 from grpokit.trainers.on_policy import OnPolicyTrainer
 
