@@ -162,3 +162,18 @@ def test_the_tool_environment_answers_each_call_and_ends_episodes_without_calls(
     assert replies[2][0]["content"].startswith("error: tool call 2 is not valid JSON")
     assert replies[2][1] == {"role": "tool", "name": "fail", "content": "error: tool 'fail' raised ValueError: no"}
     assert (stats.tool_calls, stats.malformed_calls, dict(stats.tool_errors)) == (2, 1, {"raised": 1})
+
+
+def test_the_trainer_names_the_config_key_of_a_tool_it_cannot_import_and_needs_chat_prompts(tiny_model, char_tokenizer,
+                                                                                         tmp_path):
+    from grpokit import GRPOConfig, GRPOTrainer
+    from grpokit.errors import ImportPathError
+
+    def build(args, rows=({"prompt": "sum a1:"},), tools=None):
+        return GRPOTrainer(model=tiny_model, reward_funcs=[lambda prompts, completions, **kw: [0.0] * len(completions)],
+                           args=args, train_dataset=list(rows), processing_class=char_tokenizer, tools=tools)
+
+    with pytest.raises(ImportPathError, match=r"^grpo\.tools\[0\] 'no_such_module:fn'"):
+        build(GRPOConfig(output_dir=str(tmp_path), tools=["no_such_module:fn"]))
+    with pytest.raises(ConfigError, match="tools need chat prompts"):
+        build(GRPOConfig(output_dir=str(tmp_path)), tools=[add])

@@ -136,7 +136,7 @@ class GRPOTrainer(OnPolicyTrainer):
                  processing_class=None, peft_config=None, callbacks=None, tools=None):
         self.args = args = args or GRPOConfig()
         self.init_rewards(reward_funcs, train_dataset, "GRPOTrainer")
-        self.init_tools(list(tools or []) + args.tools)
+        self.init_tools(list(tools or []))
         if not self.reward_funcs and args.process_reward is None:
             raise ConfigError("GRPOTrainer needs at least one reward function (or args.process_reward)")
         self.estimator = ADVANTAGE_ESTIMATORS.get(args.advantage_estimator)

@@ -56,8 +56,10 @@ class OnPolicyTrainer(TrainingLoop):
                               f"{len(self.reward_funcs)} reward functions; give one weight per function")
 
     def init_tools(self, tools: list) -> None:
-        """The tool environment of ``tools`` (callables or import paths), or None without tools."""
-        functions = [import_object(t, f"tools[{i}]") if isinstance(t, str) else t for i, t in enumerate(tools)]
+        """The tool environment of ``tools`` (callables or import paths) and ``args.tools``, or None."""
+        named = [(t, f"tools[{i}]") for i, t in enumerate(tools)]
+        named += [(t, f"{self.stage}.tools[{i}]") for i, t in enumerate(self.args.tools)]
+        functions = [import_object(t, what) if isinstance(t, str) else t for t, what in named]
         self.environment = ToolEnvironment(ToolBox(functions, self.args.tool_timeout_s)) if functions else None
         self.episode_stats = None
 
