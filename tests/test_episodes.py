@@ -125,7 +125,8 @@ def multiply(a: int, b: int) -> int:
     return a * b
 
 
-def test_a_grpo_step_on_episodes_trains_only_the_sampled_tokens(smollm2_dir, tmp_path):
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_a_grpo_step_on_episodes_trains_only_the_sampled_tokens(smollm2_dir, tmp_path, use_lora):
     from grpokit import GRPOConfig, GRPOTrainer
 
     rows = [{"prompt": [{"role": "user", "content": text}]} for text in ("Say hi.", "Say yes.")]
@@ -136,7 +137,8 @@ def test_a_grpo_step_on_episodes_trains_only_the_sampled_tokens(smollm2_dir, tmp
         return [float(len(c[-1]["content"]) % 5) for c in completions]
 
     args = GRPOConfig(output_dir=str(tmp_path), prompts_per_step=2, num_generations=2, max_completion_length=64,
-                      max_steps=2, beta=0.04, learning_rate=1e-5, max_tool_calling_iterations=2, save_steps=0)
+                      max_steps=2, beta=0.04, learning_rate=1e-5, max_tool_calling_iterations=2, save_steps=0,
+                      use_lora=use_lora)
     steps = []
 
     class Record:
