@@ -159,3 +159,42 @@ def test_a_grpo_step_on_episodes_trains_only_the_sampled_tokens(smollm2_dir, tmp
     assert (batch.loss_mask.bool() == rollout.sampled_mask.bool()).all()
     assert all(isinstance(c, list) and c[0]["role"] == "assistant" for c in seen)
     assert math.isfinite(second["loss"]) and second["agent/turns_mean"] > 1
+
+
+def test_a_crashed_multi_turn_run_resumes_to_the_uninterrupted_one_line_for_line(smollm2_dir, tmp_path):
+    import json
+
+    from grpokit import GRPOConfig, GRPOTrainer
+
+    class Crash(Exception):
+        pass
+
+    class CrashAt:
+        def on_step_end(self, trainer, step, batch, metrics):
+            if step == 3:
+                raise Crash
+
+    rows = [{"prompt": [{"role": "user", "content": text}]} for text in ("Say hi.", "Say yes.", "Say no.")]
+
+    def make(out, callbacks=()):
+        args = GRPOConfig(output_dir=str(out), prompts_per_step=2, num_generations=2, max_completion_length=32,
+                          max_steps=3, save_steps=2, beta=0.0, learning_rate=1e-5, max_tool_calling_iterations=2,
+                          seed=1)
+        trainer = GRPOTrainer(model=str(smollm2_dir), args=args, train_dataset=rows, tools=[multiply],
+                              reward_funcs=[lambda prompts, completions, **kw: [len(c) % 3 for c in completions]],
+                              callbacks=list(callbacks))
+        trainer.environment = Echo()  # every turn answered: episodes of several turns
+        return trainer
+
+    def logged(out):
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in line.items() if not k.startswith("time/") and not k.endswith("_per_s")}
+                for line in lines]
+
+    make(tmp_path / "straight").train(show_progress=False)
+    with pytest.raises(Crash):
+        make(tmp_path / "resumed", [CrashAt()]).train(show_progress=False)
+    make(tmp_path / "resumed").train(show_progress=False, resume_from_checkpoint=True)
+    straight = logged(tmp_path / "straight")
+    assert max(line["agent/turns_mean"] for line in straight) > 1
+    assert logged(tmp_path / "resumed") == straight
