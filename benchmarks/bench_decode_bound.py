@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_models import SMOLLM2, checkpoint_for, real_prompts  # noqa: E402
+from bench_roofline import matmul_peak_gflops  # noqa: E402
 
 CACHE = Path(__file__).parent / ".cache"
 
@@ -39,17 +40,6 @@ def read_bandwidth_gb_s(num_bytes: int, repeats: int = 5) -> float:
         buffer.sum()
         best = min(best, time.perf_counter() - tic)
     return num_bytes / best / 1e9
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """fp32 GFLOP/s of an n × n matmul (best of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    best = float("inf")
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - tic)
-    return 2 * n**3 / best / 1e9
 
 
 def profile_operators(model, prompt_ids, group, tokens, top: int = 12) -> list[dict]:

@@ -68,12 +68,14 @@ class ToolEnvironment:
 
 
 def sample_episodes(model, tokenizer, prompt_ids: list[list[int]], group_size: int, params: SamplingParams,
-                    environment, max_turns: int, max_tokens: int,
-                    generator: torch.Generator | None = None) -> tuple[list[Episode], list[bool], EpisodeStats]:
+                    environment, max_turns: int, max_tokens: int, generator: torch.Generator | None = None,
+                    environment_tokens: EnvironmentTokens | None = None,
+                    ) -> tuple[list[Episode], list[bool], EpisodeStats]:
     """``group_size`` episodes per prompt; returns them (prompt order, groups contiguous), whether
-    each was truncated, and the step's episode statistics."""
+    each was truncated, and the step's episode statistics. Pass ``environment_tokens`` to keep
+    its cache of rendered environment messages across calls."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    environment_tokens = EnvironmentTokens(tokenizer)
+    environment_tokens = environment_tokens or EnvironmentTokens(tokenizer)
     episodes = [Episode(list(prompt_ids[i // group_size])) for i in range(len(prompt_ids) * group_size)]
     truncated = [False] * len(episodes)
     stats = EpisodeStats()
@@ -128,7 +130,8 @@ def _add_turns(episodes, truncated, rows, rollout, eos: int, max_tokens: int, to
     answered = []
     for row, ids, logps in zip(rows, rollout.token_lists(), rollout.sampling_logp.tolist()):
         room = max_tokens - len(episodes[row].ids)
-        ids, logps = ids[:room], logps[: min(len(ids), room)]
+        ids = ids[:room]
+        logps = logps[: len(ids)]
         episodes[row].add_model_turn(ids, logps)
         episodes[row].messages.append({"role": "assistant",
                                        "content": tokenizer.decode(ids, skip_special_tokens=True)})

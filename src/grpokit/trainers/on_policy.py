@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import torch
 
 from grpokit.trainers.micro_batches import MicroBatch, plan_micro_batches, sorted_plan
+from grpokit.agents.episodes import EnvironmentTokens
 from grpokit.agents.multi_turn import ToolEnvironment, episodes_to_rollout, sample_episodes
 from grpokit.agents.tools import ToolBox
 from grpokit.data import PromptStream, encode_prompt, extra_columns, is_conversational, load_rows, validate_prompt_rows
@@ -79,6 +80,7 @@ class OnPolicyTrainer(TrainingLoop):
         self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p, args.top_k)
         self.generator = torch.Generator(self.device).manual_seed(args.seed)
         self.eos_token_id = self.tokenizer.eos_token_id  # where sampling stops
+        self.environment_tokens = EnvironmentTokens(self.tokenizer) if self.environment is not None else None
 
     def _frozen_copy(self):
         ref = copy.deepcopy(self.model).eval()
@@ -120,7 +122,8 @@ class OnPolicyTrainer(TrainingLoop):
             episodes, truncated, self.episode_stats = sample_episodes(
                 self.model, self.tokenizer, prompt_ids, args.num_generations, self.sampling, self.environment,
                 max_turns=iterations + 1 if iterations is not None else args.max_completion_length,
-                max_tokens=args.max_completion_length, generator=self.generator)
+                max_tokens=args.max_completion_length, generator=self.generator,
+                environment_tokens=self.environment_tokens)
         timings["generate"] = time.perf_counter() - started - self.episode_stats.environment_seconds
         timings["environment"] = self.episode_stats.environment_seconds
         return episodes_to_rollout(episodes, truncated, args.num_generations, self.tokenizer.pad_token_id)
