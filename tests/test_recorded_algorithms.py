@@ -42,7 +42,9 @@ def test_policy_losses_match_the_recorded_values(case):
     loss.backward()
     assert loss.item() == pytest.approx(case["loss"], rel=1e-6, abs=1e-7)
     torch.testing.assert_close(logp.grad, torch.tensor(case["grad"]), rtol=1e-5, atol=1e-7)
-    assert {k: float(v) for k, v in metrics.items()} == pytest.approx(case["metrics"], rel=1e-6, abs=1e-7)
+    # float32 sums over many tokens: the order a CPU's vector units add them in moves the last digits
+    # (kl_sum differs by 1.2e-6 relative between two x86 machines), hence the grad's rtol here too
+    assert {k: float(v) for k, v in metrics.items()} == pytest.approx(case["metrics"], rel=1e-5, abs=1e-7)
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
