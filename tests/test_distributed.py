@@ -290,3 +290,16 @@ def test_a_ranks_whole_groups_give_the_global_advantages_without_communication(s
         assert torch.equal(group_advantages(rewards[first:first + 4], 4, scale), everything[first:first + 4])
     # 'batch' divides by the std of every rank's rewards, so a rank's share alone differs
     assert not torch.allclose(group_advantages(rewards[:4], 4, "batch"), group_advantages(rewards, 4, "batch")[:4])
+
+
+def test_multi_turn_grpo_with_tools_runs_as_two_processes_with_whole_groups(tmp_path):
+    tree = {"model": "embedded", "data": {"task": "multiply_tool", "num_train": 64, "num_test": 8},
+            "rewards": ["correctness"],
+            "grpo": {"prompts_per_step": 4, "num_generations": 2, "micro_batch_size": 4, "max_steps": 2,
+                     "max_completion_length": 48, "max_tool_calling_iterations": 1, "save_steps": 1,
+                     "output_dir": str(tmp_path / "grpo")}}
+    run_ok("train", str(write_config(tmp_path, tree)), processes=2)
+    rows = metrics(tmp_path / "grpo")
+    assert len(rows) == 2 and all("agent/turns_mean" in row and "time/environment" in row for row in rows)
+    # both ranks stepped the same model: the checkpoint is one model that loads in one process
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "grpo" / "checkpoint-2") is not None

@@ -70,7 +70,7 @@ def test_environment_tokens_end_with_the_next_assistant_header(tokenizer):
 class Echo:
     """Answers every model turn with a tool message, so episodes run to max_turns or the budget."""
 
-    def respond(self, turns, stats):
+    def respond(self, episodes, turns, stats):
         return [[{"role": "tool", "content": f"seen {len(text)} characters"}] for text in turns]
 
 
@@ -84,9 +84,9 @@ def test_sampled_episodes_hold_the_sampled_tokens_with_their_log_probs(smollm2_d
     model, tokenizer = load_model(smollm2_dir).eval(), load_tokenizer(smollm2_dir)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                              tokenize=True, return_dict=False) for q in ("Say hi.", "Count to 3.")]
-    episodes, truncated, stats = sample_episodes(model, tokenizer, prompts, 2, SamplingParams(max_new_tokens=24),
-                                                 Echo(), max_turns=3, max_tokens=90,
-                                                 generator=torch.Generator().manual_seed(0))
+    episodes, truncated, stats = sample_episodes(model, tokenizer, [p for p in prompts for _ in range(2)], 2,
+                                                 SamplingParams(max_new_tokens=24), Echo(), max_turns=3,
+                                                 max_tokens=90, generator=torch.Generator().manual_seed(0))
     environment = EnvironmentTokens(tokenizer)
     assert sum(stats.model_turns) > len(episodes)  # some episodes went on after their first turn
     assert len(episodes) == 4 and stats.model_turns == [e.model_turns for e in episodes]
@@ -144,11 +144,11 @@ def test_a_grpo_step_on_episodes_trains_only_the_sampled_tokens(smollm2_dir, tmp
     class Record:
         def on_step_end(self, trainer, step, batch, metrics):
             steps.append((batch, dict(metrics)))
-            trainer.environment = Echo()  # from step 2 on, an environment that answers every turn
+            trainer.agents.environment = Echo()  # from step 2 on, an environment that answers every turn
 
     trainer = GRPOTrainer(model=str(smollm2_dir), reward_funcs=[final_answer_length], args=args, train_dataset=rows,
                           tools=[multiply], callbacks=[Record()])
-    assert trainer.environment.toolbox.schemas[0]["function"]["name"] == "multiply"
+    assert trainer.agents.schemas[0]["function"]["name"] == "multiply"
     trainer.train(show_progress=False)
     (_, first), (batch, second) = steps
     assert first["agent/turns_mean"] >= 1 and "agent/tool_calls" in first  # the real tools: called or not
@@ -183,7 +183,7 @@ def test_a_crashed_multi_turn_run_resumes_to_the_uninterrupted_one_line_for_line
         trainer = GRPOTrainer(model=str(smollm2_dir), args=args, train_dataset=rows, tools=[multiply],
                               reward_funcs=[lambda prompts, completions, **kw: [len(c) % 3 for c in completions]],
                               callbacks=list(callbacks))
-        trainer.environment = Echo()  # every turn answered: episodes of several turns
+        trainer.agents.environment = Echo()  # every turn answered: episodes of several turns
         return trainer
 
     def logged(out):

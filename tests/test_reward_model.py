@@ -158,7 +158,7 @@ def test_chat_prompts_are_rendered_as_one_conversation(scorer):
     prompt = [{"role": "user", "content": "q ab:"}]
     as_text = scorer.tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": "cd"}],
                                                    tokenize=False)
-    assert as_text == "<|user|>q ab:\n<|assistant|>cd\n"
+    assert as_text == "<|user|>q ab:\n<|assistant|>cd<eos>\n"
     wrapped = scorer([prompt], [[{"role": "assistant", "content": "cd"}]])
     assert scorer([prompt], ["cd"]) == wrapped == pytest.approx(scorer.score_texts([as_text]), abs=1e-5)
 
@@ -206,8 +206,8 @@ def test_rows_without_a_prompt_are_whole_conversations(char_tokenizer):
                                      "rejected": [user, {"role": "assistant", "content": "no"}],
                                      "margin": 2}])[0]
     chosen, rejected, margin = encode_pair(row, char_tokenizer, max_length=100)
-    assert chosen == encode("<|user|>hi\n<|assistant|>yo\n", char_tokenizer)
-    assert rejected == encode("<|user|>hi\n<|assistant|>no\n", char_tokenizer)
+    assert chosen == encode("<|user|>hi\n<|assistant|>yo<eos>\n", char_tokenizer)
+    assert rejected == encode("<|user|>hi\n<|assistant|>no<eos>\n", char_tokenizer)
     assert margin == 2.0
     assert scored_text(None, "q a:b", char_tokenizer) == "q a:b"
 

@@ -165,17 +165,22 @@ def _load(config: Path | None, overrides: list[str] | None):
 
 @command()
 def demo(
-    output_dir: Path = typer.Option(Path("runs/demo"), help="Where every stage writes."),
+    output_dir: Path = typer.Option(None, help="Where every stage writes [default: runs/demo, or "
+                                    "runs/agent with --recipe agent]."),
     overrides: list[str] = OverridesArg,
     progress: bool = ProgressOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted stage from its latest "
                                 "checkpoint (finished stages are always skipped)."),
+    recipe: str = typer.Option("r1", help="r1: the DeepSeek-R1 recipe on digit sums; agent: a tool-using "
+                               "agent (multiplication with a calculator tool), SFT then multi-turn GRPO."),
 ) -> None:
     """The R1 recipe on the embedded default (digit sums): SFT, GRPO, rejection sampling, SFT,
-    reward model, GRPO with the reward model; held-out results of every stage."""
+    reward model, GRPO with the reward model; held-out results of every stage. With --recipe
+    agent: a tool-using agent, with and without its tool."""
     from grpokit.recipes.demo import demo_config, run_demo
 
-    cfg = demo_config(output_dir, overrides or [])
+    default_dir = Path("runs/agent" if recipe == "agent" else "runs/demo")
+    cfg = demo_config(output_dir or default_dir, overrides or [], recipe)
     quiet_libraries()
     run_demo(cfg, show_progress=progress, resume=resume)
 

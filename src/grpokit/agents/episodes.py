@@ -17,9 +17,14 @@ context.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+
+import torch
+
+from grpokit.sampling.sampler import Rollout, left_pad
 
 _STAND_IN = ({"role": "user", "content": "stand-in"}, {"role": "assistant", "content": "stand-in"})
 
@@ -97,3 +102,36 @@ class EnvironmentTokens:
         rendered = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt,
                                                       return_dict=False, **self.template_kwargs)
         return list(rendered)
+
+
+def rollout_from_lists(prompt_ids: list[list[int]], completion_ids: list[list[int]], logprobs: list[list[float]],
+                       sampled_masks: list[list[int]] | None, truncated: list[bool], group_size: int, pad_id: int,
+                       conversations: list[list[dict]] | None = None) -> Rollout:
+    """Per-completion token lists (G consecutive completions per group) as one :class:`Rollout`.
+
+    Each group's prompt is the longest prefix its completions' prompts share; whatever an
+    episode's prompt has beyond it goes in front of its completion as context (masked out of the
+    loss), so groups whose prompts differ a little (an environment's ``reset`` text) still share
+    their common prefix in the training forward. ``sampled_masks`` (1 on trained tokens) may be
+    None when every completion token was sampled.
+
+    >>> r = rollout_from_lists([[1, 2, 3], [1, 2, 4]], [[7, 0], [8]], [[-.5, -.1], [-.2]], None,
+    ...                        [False, True], group_size=2, pad_id=0)
+    >>> r.prompt_ids.tolist(), r.completion_ids.tolist(), r.sampled_mask.tolist()
+    ([[1, 2]], [[3, 7, 0], [4, 8, 0]], [[0, 1, 1], [0, 1, 0]])
+    """
+    rows = range(len(completion_ids))
+    masks = sampled_masks or [[1] * len(ids) for ids in completion_ids]
+    shared = [os.path.commonprefix(prompt_ids[g : g + group_size]) for g in range(0, len(prompt_ids), group_size)]
+    extra = [prompt_ids[i][len(shared[i // group_size]) :] for i in rows]
+    ids = [extra[i] + list(completion_ids[i]) for i in rows]
+    width = max(max(len(row) for row in ids), 1)
+    pad = lambda values, fill: list(values) + [fill] * (width - len(values))  # noqa: E731
+    sampled = [pad([0] * len(extra[i]) + list(masks[i]), 0) for i in rows]
+    whole = sampled_masks is None and not any(extra)
+    padded_prompts, prompt_mask = left_pad(shared, pad_id)
+    return Rollout(padded_prompts, prompt_mask, torch.tensor([pad(row, pad_id) for row in ids]),
+                   torch.tensor([pad([1] * len(row), 0) for row in ids]),
+                   torch.tensor([pad([0.0] * len(extra[i]) + list(logprobs[i]), 0.0) for i in rows], dtype=torch.float),
+                   torch.tensor(truncated, dtype=torch.bool), group_size,
+                   sampled_mask=None if whole else torch.tensor(sampled), conversations=conversations)

@@ -2,16 +2,17 @@
 
 An episode ends when the model's turn asks for nothing (the environment answers None), after
 ``max_turns`` model turns, or when its tokens after the prompt (sampled and environment ones)
-would pass ``max_tokens``; a turn samples at most ``params.max_new_tokens``; a turn cut by the budget, or one without an end-of-turn token, leaves
-the episode truncated. The first turn shares each prompt across its G episodes (one prefill per
-prompt); later turns decode every live episode of the step together, each on its own context,
-and the environment answers all of a round's turns in one call, so tool calls of a step run
-concurrently.
+would pass ``max_tokens``; a turn samples at most ``params.max_new_tokens``; a turn cut by the
+budget, or one without an end-of-turn token, leaves the episode truncated. The first turn shares
+each prompt across its G episodes (one prefill per prompt) when they are the same; later turns
+decode every live episode of the step together, each on its own context, and the environment
+answers all of a round's turns in one call, so tool calls of a step run concurrently.
 
-An *environment* here is anything with ``respond(turns: list[str], stats: EpisodeStats) ->
-list[list[dict] | None]``: for each episode's latest model turn (decoded text), the messages to
-append (``{"role": "tool", "content": ...}``) or None to end that episode; it may count what it
-did in ``stats``. :class:`ToolEnvironment` is the one behind ``tools=``.
+An *environment* here is anything with ``respond(episodes: list[int], turns: list[str], stats:
+EpisodeStats) -> list[list[dict] | None]``: for each listed episode (its index in the step) and
+its latest model turn (decoded text), the messages to append (``{"role": "tool", "content":
+...}``) or None to end that episode; it may count what it did in ``stats``.
+:class:`ToolEnvironment` is the one behind ``tools=`` and ``environment_factory=``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from grpokit.agents.episodes import Episode, EnvironmentTokens
+from grpokit.agents.episodes import Episode, EnvironmentTokens, rollout_from_lists
 from grpokit.agents.tool_calls import parse_tool_calls
-from grpokit.agents.tools import ERROR_KINDS, ToolBox
-from grpokit.sampling.sampler import Rollout, SamplingParams, generate, left_pad
+from grpokit.agents.tools import ERROR_KINDS, ToolBox, run_tool_calls
+from grpokit.sampling.sampler import Rollout, SamplingParams, generate
 
 
 @dataclass
@@ -41,15 +42,23 @@ class EpisodeStats:
 
 class ToolEnvironment:
     """Runs the tool calls of every model turn (all episodes' at once, concurrently) and answers
-    each with one ``tool`` message per call; a malformed call is answered with its error."""
+    each with one ``tool`` message per call; a malformed call is answered with its error.
 
-    def __init__(self, toolbox: ToolBox):
-        self.toolbox = toolbox
+    ``toolbox`` holds the tools every episode has (and the schemas the prompts show);
+    ``episode_toolboxes``, when given, one box per episode of the step (an environment
+    instance's methods with the shared tools, ``environment_factory=``)."""
 
-    def respond(self, turns: list[str], stats: EpisodeStats) -> list[list[dict] | None]:
+    def __init__(self, toolbox: ToolBox, episode_toolboxes: list[ToolBox] | None = None):
+        self.toolbox, self.episode_toolboxes = toolbox, episode_toolboxes
+
+    def for_episodes(self, toolboxes: list[ToolBox]) -> "ToolEnvironment":
+        return ToolEnvironment(self.toolbox, toolboxes)
+
+    def respond(self, episodes: list[int], turns: list[str], stats: EpisodeStats) -> list[list[dict] | None]:
         parsed = [parse_tool_calls(text) for text in turns]
-        calls = [call for turn in parsed for call in turn.calls]
-        results = iter(self.toolbox.run(calls))
+        boxes = [self.episode_toolboxes[e] if self.episode_toolboxes else self.toolbox for e in episodes]
+        calls = [(box, call) for box, turn in zip(boxes, parsed) for call in turn.calls]
+        results = iter(run_tool_calls(calls))
         stats.tool_calls += len(calls)
         replies = []
         for turn in parsed:
@@ -71,21 +80,26 @@ def sample_episodes(model, tokenizer, prompt_ids: list[list[int]], group_size: i
                     environment, max_turns: int, max_tokens: int, generator: torch.Generator | None = None,
                     environment_tokens: EnvironmentTokens | None = None,
                     ) -> tuple[list[Episode], list[bool], EpisodeStats]:
-    """``group_size`` episodes per prompt; returns them (prompt order, groups contiguous), whether
-    each was truncated, and the step's episode statistics. Pass ``environment_tokens`` to keep
-    its cache of rendered environment messages across calls."""
+    """One episode per prompt in ``prompt_ids`` (G consecutive ones per group, usually the same
+    prompt); returns them in that order, whether each was truncated, and the step's episode
+    statistics. Pass ``environment_tokens`` to keep its cache of rendered environment messages
+    across calls."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     environment_tokens = environment_tokens or EnvironmentTokens(tokenizer)
-    episodes = [Episode(list(prompt_ids[i // group_size])) for i in range(len(prompt_ids) * group_size)]
+    episodes = [Episode(list(ids)) for ids in prompt_ids]
     truncated = [False] * len(episodes)
     stats = EpisodeStats()
     turn_limit = replace(params, max_new_tokens=min(params.max_new_tokens, max_tokens))
-    first = generate(model, prompt_ids, group_size, turn_limit, eos, pad, generator)
+    groups = [prompt_ids[i : i + group_size] for i in range(0, len(prompt_ids), group_size)]
+    if all(ids == group[0] for group in groups for ids in group):  # each prompt prefilled once
+        first = generate(model, [group[0] for group in groups], group_size, turn_limit, eos, pad, generator)
+    else:
+        first = generate(model, prompt_ids, 1, turn_limit, eos, pad, generator)
     live = _add_turns(episodes, truncated, range(len(episodes)), first, eos, max_tokens, tokenizer)
     while live:
         tic = time.perf_counter()
         texts = [episodes[i].messages[-1]["content"] for i in live]
-        replies = environment.respond(texts, stats)
+        replies = environment.respond(live, texts, stats)
         stats.environment_seconds += time.perf_counter() - tic
         going = []
         for i, messages in zip(live, replies):
@@ -109,19 +123,11 @@ def sample_episodes(model, tokenizer, prompt_ids: list[list[int]], group_size: i
 
 
 def episodes_to_rollout(episodes: list[Episode], truncated: list[bool], group_size: int, pad_id: int) -> Rollout:
-    """The episodes as one :class:`Rollout`: each group's prompt once, every episode's tokens after
-    it as the completion (all attended to), ``sampled_mask`` marking the trained ones."""
-    prompts = [episodes[i].prompt_ids for i in range(0, len(episodes), group_size)]
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
-    width = max(len(e.ids) for e in episodes)
-    pad = lambda values, fill: values + [fill] * (width - len(values))  # noqa: E731
-    return Rollout(prompt_ids, prompt_mask,
-                   torch.tensor([pad(e.ids, pad_id) for e in episodes]),
-                   torch.tensor([pad([1] * len(e.ids), 0) for e in episodes]),
-                   torch.tensor([pad(e.sampling_logp, 0.0) for e in episodes]),
-                   torch.tensor(truncated), group_size,
-                   sampled_mask=torch.tensor([pad(e.sampled_mask, 0) for e in episodes]),
-                   conversations=[e.messages for e in episodes])
+    """The episodes as one :class:`Rollout` (see :func:`grpokit.agents.episodes.rollout_from_lists`),
+    ``sampled_mask`` marking the trained tokens and each episode's messages as its conversation."""
+    return rollout_from_lists([e.prompt_ids for e in episodes], [e.ids for e in episodes],
+                              [e.sampling_logp for e in episodes], [e.sampled_mask for e in episodes],
+                              truncated, group_size, pad_id, conversations=[e.messages for e in episodes])
 
 
 def _add_turns(episodes, truncated, rows, rollout, eos: int, max_tokens: int, tokenizer) -> list[int]:

@@ -73,14 +73,18 @@ class EvalConfig(Section):
     """Sampling seed."""
     device: str = "auto"
     """'auto' picks CUDA when present, else CPU."""
+    without_tools: bool = False
+    """For a task with tools (multiply_tool): also evaluate the model with the tools taken away,
+    as pass@1_without_tools and greedy_accuracy_without_tools."""
 
 
 class DataConfig(Section):
     """Where prompts come from: a built-in task or a dataset file."""
 
     task: str | None = "digit_sum"
-    """Built-in task, used when path is not set: 'digit_sum' (the embedded default's task) or
-    'reasoning_gym' (any reasoning-gym dataset; needs the [real] extra)."""
+    """Built-in task, used when path is not set: 'digit_sum' (the embedded default's task),
+    'multiply_tool' (its agent task: products with a calculator tool, trained and evaluated as
+    multi-turn episodes) or 'reasoning_gym' (any reasoning-gym dataset; needs the [real] extra)."""
     task_options: dict[str, Any] = Field(default_factory=dict)
     """Options of the task: for reasoning_gym {dataset: chain_sum, config: {...the dataset's
     own config keys...}, system_prompt: ...}; for digit_sum min_digits, max_digits, slip_rate,

@@ -110,6 +110,9 @@ class SFTConfig(OptimConfig):
     """Demonstrations per optimizer step."""
     max_length: int = Field(1024, ge=2)
     """Prompt + completion tokens kept per demonstration (longer ones are cut at the right)."""
+    tools: list[str] = Field(default_factory=list)
+    """Tools shown in the chat prompts ('package.module:function'), the same list as the GRPO
+    stage's, so a demonstration that calls them is laid out as the episodes GRPO samples."""
 
 
 class SamplingConfig(OptimConfig):
@@ -201,6 +204,19 @@ class GRPOConfig(SamplingConfig):
     tool_timeout_s: float = Field(10.0, gt=0)
     """With tools: seconds a round of tool calls may take before the unanswered ones are told
     they timed out."""
+    tool_isolation: Literal["thread", "process"] = "thread"
+    """With tools: 'thread' runs each call in a thread of the trainer's process; 'process' in a
+    forked child process, so a tool that crashes or kills its process ends only the child (its
+    changes to memory do not come back, so not with an environment)."""
+    environment: str | None = None
+    """An environment factory ('package.module:Class'; TRL's environment_factory=): one instance
+    per episode; reset(**row) starts it (the string it returns is appended to the prompt), its
+    public methods are the tools, an optional get_reward() is one more reward (weight 1). With an
+    environment the dataset is optional (the prompt is what reset returns)."""
+    rollout_func: str | None = None
+    """Your own generation loop ('package.module:function'; TRL's rollout_func=):
+    fn(prompts, trainer) -> {prompt_ids, completion_ids, logprobs[, env_mask, ...]}, one list
+    per completion; extra keys reach the reward functions."""
     reward_weights: list[float] | None = None
     """Weight of each reward function in the total reward; None weighs each 1."""
     reward_errors: Literal["raise", "skip"] = "raise"
@@ -246,6 +262,10 @@ class GRPOConfig(SamplingConfig):
     replace outcome advantages, or are added to them when reward functions are also given."""
     step_separator: str = Field("\n", min_length=1)
     """Text between reasoning steps for process_reward (the digit_sum scratchpad uses ',')."""
+    process_steps: Literal["separator", "turns"] = "separator"
+    """What a step is for process_reward: the text between step_separators, or, with tools or an
+    environment, each model turn of an episode (per-turn rewards: a turn is credited with its own
+    score and every later turn's)."""
     ref_model_sync_steps: int = Field(0, ge=0)
     """Iterative GRPO (DeepSeekMath Algorithm 1): move the reference model to the policy every this
     many steps (needs beta > 0 and no LoRA); 0: never. TRL: sync_ref_model + ref_model_sync_steps."""

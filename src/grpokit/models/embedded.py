@@ -18,9 +18,14 @@ from grpokit.models.loading import save_model
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 REASONING_TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 CHARACTERS = string.digits + string.ascii_letters + string.punctuation + " \n"
+# one line per message; an assistant turn ends with EOS (where sampling stops, and where a
+# multi-turn episode cuts turns); tools are listed by name and argument names, which is all a
+# model of this size can read
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    "{% if tools %}<|tools|>{% for t in tools %}{{ t['function']['name'] }}"
+    "({{ t['function']['parameters']['properties'] | join(',') }}){{ ' ' if not loop.last }}{% endfor %}{{ '\\n' }}{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token if m['role'] == 'assistant' }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
 

@@ -22,7 +22,8 @@ def pick_rows(num_rows: int, count: int, step: int) -> list[int]:
 def completion_records(batch, tokenizer, rows: list[int], step: int) -> list[dict]:
     """One record per chosen completion of a ``StepBatch``: prompt, completion, each reward
     (None where the function returned None), the total and the advantage (with per-token
-    advantages, their mean over the completion's tokens)."""
+    advantages, their mean over the completion's tokens); a multi-turn episode also has its
+    ``messages`` (the model's turns and the environment's replies) and its ``turns``."""
     rollout, records = batch.rollout, []
     for i in rows:
         group = i // rollout.group_size
@@ -33,6 +34,9 @@ def completion_records(batch, tokenizer, rows: list[int], step: int) -> list[dic
             advantage = advantage[rollout.completion_mask[i].bool()].mean()
         record = {"step": step, "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
                   "completion": tokenizer.decode(completion, skip_special_tokens=True)}
+        if rollout.conversations is not None:
+            record["messages"] = rollout.conversations[i]
+            record["turns"] = sum(m["role"] == "assistant" for m in rollout.conversations[i])
         if batch.rewards is not None:
             scores = batch.rewards.per_func[i].tolist()
             record["rewards"] = {name: (None if math.isnan(s) else s)

@@ -37,6 +37,9 @@ class PlotSpec:
     """The run kinds (summary.json 'stage': sft, grpo, ppo, rm) that log these metrics; None: all."""
     against_time: bool = False
     """x is training seconds (the cumulative sum of time/step, evaluations left out), not steps."""
+    optional: bool = False
+    """Only some runs of its kinds log these metrics (episodes with tools): left out, not listed
+    as skipped, when they are absent."""
 
     def applies_to(self, kind: str | None) -> bool:
         return self.kinds is None or kind is None or kind in self.kinds
@@ -58,8 +61,14 @@ PLOTS: tuple[PlotSpec, ...] = (
     PlotSpec("length", "Completion length", r"completion/(?:mean|min|max)_length", "tokens", kinds=SAMPLING),
     PlotSpec("clip", "Clip ratios", r"clip_ratio/.+", "fraction of tokens (of sequences under GSPO)",
              kinds=SAMPLING),
-    PlotSpec("time", "Step time split", r"time/(?:generate|score|reference|train)", "seconds", stacked=True,
-             kinds=SAMPLING),
+    PlotSpec("time", "Step time split", r"time/(?:generate|environment|score|reference|train)", "seconds",
+             stacked=True, kinds=SAMPLING),
+    PlotSpec("agent_turns", "Turns per episode", r"agent/turns_(?:mean|max)", "model turns", kinds=SAMPLING,
+             optional=True),
+    PlotSpec("agent_tools", "Tool calls and their failures per step",
+             r"agent/(?:tool_calls|malformed_calls|tool_errors/.+)", "calls", kinds=SAMPLING, optional=True),
+    PlotSpec("agent_tokens", "Tokens per episode by role", r"agent/(?:model|environment)_tokens_mean", "tokens",
+             stacked=True, kinds=SAMPLING, optional=True),
 )
 
 #: Held-out metrics in [0, 1] that the per-stage bar chart compares.

@@ -204,7 +204,8 @@ def _section_html(section: RunSection, plots_dir: Path) -> str:
     for spec in (s for s in PLOTS if s.applies_to(section.kind)):
         png = plot_png(spec, section.rows)
         if png is None:
-            skipped.append(spec.title)
+            if not spec.optional:
+                skipped.append(spec.title)
             continue
         file_name = f"{_slug(section.name)}-{spec.name}.png"
         (plots_dir / file_name).write_bytes(png)

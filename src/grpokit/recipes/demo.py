@@ -1,4 +1,5 @@
-"""The demo: the R1 recipe's stages on the embedded default, with a held-out table at the end."""
+"""The demos: the R1 recipe's stages (``r1``) or the tool-using agent (``agent``) on the embedded
+default, with a held-out table at the end."""
 
 from __future__ import annotations
 
@@ -10,14 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 from grpokit.config import RunConfig, load_config, write_resolved
+from grpokit.errors import ConfigError
 
 METRICS = ("pass@1", "greedy_accuracy", "maj@k", "pass@k", "format_rate", "mean_completion_length",
-           "reward_model_score")
+           "reward_model_score", "pass@1_without_tools", "greedy_accuracy_without_tools")
+RECIPES = {"r1": "demo.yaml", "agent": "agent.yaml"}  # grpokit demo --recipe NAME
 
 
-def demo_config(output_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """The packaged demo recipe with the pipeline writing under ``output_dir``."""
-    recipe = resources.files("grpokit.recipes") / "demo.yaml"
+def demo_config(output_dir: str | Path, overrides: list[str] = (), recipe: str = "r1") -> RunConfig:
+    """The packaged demo recipe ``recipe`` (:data:`RECIPES`) writing under ``output_dir``."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipe {recipe!r}: the demo recipes are {', '.join(RECIPES)}")
+    recipe = resources.files("grpokit.recipes") / RECIPES[recipe]
     with resources.as_file(recipe) as path:
         return load_config(path, [f"pipeline.output_dir={Path(output_dir)}", *overrides])
 

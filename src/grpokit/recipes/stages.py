@@ -73,6 +73,11 @@ def test_rows(cfg: RunConfig) -> list[dict]:
     return task(cfg).problems(cfg.data.num_test, seed=cfg.data.seed + 10_000)
 
 
+def task_tools(cfg: RunConfig) -> list:
+    """The tools of the built-in task (none for a dataset file or a task without tools)."""
+    return list(getattr(task(cfg), "tools", [])) if cfg.data.task and not cfg.data.path else []
+
+
 def train_rows(cfg: RunConfig, demonstrations: bool) -> list[dict]:
     """Training rows from ``data.path`` or the task (held-out prompts excluded)."""
     if cfg.data.path:
@@ -101,7 +106,8 @@ def run_sft(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, r
     """Fine-tune ``model_dir`` on demonstrations; returns the trained model's directory."""
     if ranks().is_main:
         write_resolved(cfg, cfg.sft.output_dir, RUN_CONFIG)
-    trainer = SFTTrainer(model=str(model_dir), args=cfg.sft, train_dataset=train_rows(cfg, True))
+    trainer = SFTTrainer(model=str(model_dir), args=cfg.sft, train_dataset=train_rows(cfg, True),
+                         tools=task_tools(cfg))
     return Path(trainer.train(show_progress, resume_point(cfg.sft.output_dir, resume))["model_dir"])
 
 
@@ -116,7 +122,8 @@ def run_grpo(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, 
     if ranks().is_main:
         write_resolved(cfg, cfg.grpo.output_dir, RUN_CONFIG)
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=rewards(cfg), args=cfg.grpo,
-                          train_dataset=train_rows(cfg, False), callbacks=callbacks(cfg, cfg.grpo.monitor))
+                          train_dataset=train_rows(cfg, False), callbacks=callbacks(cfg, cfg.grpo.monitor),
+                          tools=task_tools(cfg))
     return Path(trainer.train(show_progress, resume_point(cfg.grpo.output_dir, resume))["model_dir"])
 
 
@@ -162,6 +169,7 @@ def run_eval(cfg: RunConfig, model_dir: str | Path, output_dir: str | Path,
     write_resolved(cfg, out, RUN_CONFIG)
     model = load_model(model_dir, pick_device(cfg.eval.device))
     metrics = evaluate(model, load_tokenizer(model_dir), test_rows(cfg), cfg.eval, show_progress,
-                       samples_path=out / "samples.jsonl", verify=verifier(cfg))
+                       samples_path=out / "samples.jsonl", verify=verifier(cfg),
+                       task=task(cfg) if task_tools(cfg) else None)
     write_summary(out, {"stage": "eval", "model_dir": str(model_dir), "eval": metrics})
     return metrics

@@ -180,6 +180,30 @@ class StepScorer:
                 for row, ids in zip(spans, completion_ids)]
         return scores, ends
 
+    def score_turns(self, completion_ids: list[list[int]], sampled_masks: list[list[int]], tokenizer,
+                    **inputs: Any) -> tuple[list[list[float]], list[list[int]]]:
+        """Per-turn rewards: the steps of an episode are its model turns (the runs of sampled
+        tokens, each decoded on its own), scored by the same function; each step ends at its
+        turn's last sampled token."""
+        ends = [turn_end_tokens(mask) for mask in sampled_masks]
+        starts = [[0] + [end + 1 for end in row[:-1]] for row in ends]
+        steps = [[tokenizer.decode([t for t, m in zip(ids[a:b + 1], mask[a:b + 1]) if m], skip_special_tokens=True)
+                  for a, b in zip(row_starts, row_ends)]
+                 for ids, mask, row_starts, row_ends in zip(completion_ids, sampled_masks, starts, ends)]
+        texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        scores = score_steps(self.fn, completions=texts, steps=steps, completion_ids=completion_ids, **inputs)
+        return scores, ends
+
+
+def turn_end_tokens(sampled_mask: Sequence[int]) -> list[int]:
+    """The index of the last token of each model turn: each run of 1s in an episode's
+    ``sampled_mask`` (0 on the environment's tokens).
+
+    >>> turn_end_tokens([1, 1, 0, 0, 1, 1, 1, 0])
+    [1, 6]
+    """
+    return [t for t, m in enumerate(sampled_mask) if m and (t + 1 == len(sampled_mask) or not sampled_mask[t + 1])]
+
 
 def decoded_length(tokenizer, ids: list[int]) -> Callable[[int], int]:
     """``k -> len(decode(ids[:k]))``: maps character positions to tokens for any tokenizer."""

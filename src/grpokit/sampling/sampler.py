@@ -93,6 +93,9 @@ class Rollout:
     # environment's tokens; and each episode's messages (assistant turns and tool replies)
     sampled_mask: torch.Tensor | None = None  # (N, Tc)
     conversations: list[list[dict]] | None = None
+    # keywords for the reward functions, one value per completion (an environment's instances,
+    # the prompts its reset wrote, a rollout function's extra fields)
+    reward_kwargs: dict[str, list] | None = None
 
     @property
     def num_completions(self) -> int:
@@ -317,7 +320,9 @@ def select_groups(rollout: Rollout, groups: torch.Tensor) -> Rollout:
                    rollout.completion_mask[rows], rollout.sampling_logp[rows], rollout.truncated[rows],
                    rollout.group_size,
                    None if rollout.sampled_mask is None else rollout.sampled_mask[rows],
-                   None if rollout.conversations is None else [rollout.conversations[i] for i in rows.tolist()])
+                   None if rollout.conversations is None else [rollout.conversations[i] for i in rows.tolist()],
+                   None if rollout.reward_kwargs is None else
+                   {key: [values[i] for i in rows.tolist()] for key, values in rollout.reward_kwargs.items()})
 
 
 def concat_rollouts(parts: list[Rollout]) -> Rollout:
@@ -334,4 +339,6 @@ def concat_rollouts(parts: list[Rollout]) -> Rollout:
                    torch.cat([right(p.sampling_logp, width) for p in parts]),
                    torch.cat([p.truncated for p in parts]), parts[0].group_size,
                    None if parts[0].sampled_mask is None else torch.cat([right(p.sampled_mask, width) for p in parts]),
-                   None if parts[0].conversations is None else sum((p.conversations for p in parts), []))
+                   None if parts[0].conversations is None else sum((p.conversations for p in parts), []),
+                   None if parts[0].reward_kwargs is None else
+                   {key: sum((p.reward_kwargs[key] for p in parts), []) for key in parts[0].reward_kwargs})

@@ -3,7 +3,8 @@
 
 A task generates problems (``problems(count, seed, exclude) -> [{"prompt", "answer", ...}]``)
 and verifies completions (``is_correct(completion, row) -> bool``); ``digit_sum`` also writes
-SFT demonstrations and preference pairs.
+SFT demonstrations and preference pairs; a task with ``tools`` (``multiply_tool``) is trained and
+evaluated as multi-turn episodes with them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import dataclasses
 
 from grpokit.errors import ConfigError
 from grpokit.tasks.digit_sum import DigitSumTask
+from grpokit.tasks.multiply_tool import MultiplyToolTask
 from grpokit.tasks.reasoning_gym import ReasoningGymTask
 
-TASKS = {"digit_sum": DigitSumTask, "reasoning_gym": ReasoningGymTask}
+TASKS = {"digit_sum": DigitSumTask, "multiply_tool": MultiplyToolTask, "reasoning_gym": ReasoningGymTask}
 
 
 def get_task(name: str, **settings):
@@ -29,4 +31,4 @@ def get_task(name: str, **settings):
     return TASKS[name](**settings)
 
 
-__all__ = ["DigitSumTask", "ReasoningGymTask", "TASKS", "get_task"]
+__all__ = ["DigitSumTask", "MultiplyToolTask", "ReasoningGymTask", "TASKS", "get_task"]

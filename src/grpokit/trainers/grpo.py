@@ -121,7 +121,13 @@ class GRPOTrainer(OnPolicyTrainer):
 
     ``tools`` (TRL's) are functions, plain or ``async``, with type hints and Google-style
     docstrings (their schemas reach the chat template), or their import paths; with tools every
-    completion is a multi-turn episode (``grpokit.agents``).
+    completion is a multi-turn episode (``grpokit.agents``). ``environment_factory`` (TRL's) makes
+    one stateful environment per episode: ``reset(**row)`` starts it, its public methods are its
+    tools, an optional ``get_reward()`` scores it; then ``train_dataset`` may be omitted (the
+    environment writes the prompt). ``rollout_func(prompts, trainer)`` (TRL's) replaces the
+    sampler (``grpokit.agents.rollout_function``). A verifiers environment
+    (``vf.load_environment(...)``'s ``SingleTurnEnv``, ``MultiTurnEnv``, ``ToolEnv``) goes where
+    ``environment_factory`` goes and trains unchanged (``grpokit.agents.verifiers_env``).
 
     ``callbacks`` are objects with an optional ``on_step_end(trainer, step, batch, metrics)``,
     called after every step (``step`` counts from 1, ``batch`` is the ``StepBatch``); keys they
@@ -132,13 +138,18 @@ class GRPOTrainer(OnPolicyTrainer):
 
     stage = "grpo"
 
-    def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None,
-                 processing_class=None, peft_config=None, callbacks=None, tools=None):
+    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None,
+                 processing_class=None, peft_config=None, callbacks=None, tools=None,
+                 environment_factory=None, rollout_func=None):
         self.args = args = args or GRPOConfig()
+        self.init_agents(tools or [], environment_factory, rollout_func)
+        if train_dataset is None:  # an environment may own the data
+            train_dataset = self.agents.own_rows(args.prompts_per_step)
         self.init_rewards(reward_funcs, train_dataset, "GRPOTrainer")
-        self.init_tools(list(tools or []))
+        self.add_agent_reward()
         if not self.reward_funcs and args.process_reward is None:
-            raise ConfigError("GRPOTrainer needs at least one reward function (or args.process_reward)")
+            raise ConfigError("GRPOTrainer needs at least one reward function (or args.process_reward, or an "
+                              "environment with a get_reward method)")
         self.estimator = ADVANTAGE_ESTIMATORS.get(args.advantage_estimator)
         self.policy_loss = POLICY_LOSSES.get(args.policy_loss)
         self.aggregation = AGGREGATIONS.get(args.loss_type)
@@ -146,11 +157,16 @@ class GRPOTrainer(OnPolicyTrainer):
                                           args.use_bias_correction_kl)
         self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
                                                                 peft_config)
+        self.processing_class = self.tokenizer  # TRL's name, for rollout functions written for TRL
         # the reference: none without KL; the base with adapters off under LoRA; else a copy
         self.ref_model = self._frozen_copy() if args.beta > 0 and not is_peft(self.model) else None
         if args.ref_model_sync_steps and self.ref_model is None:
             raise ConfigError("ref_model_sync_steps needs its own reference model: set beta > 0 and "
                              "train without LoRA (under LoRA the reference is the adapter-free base)")
+        if args.process_steps == "turns" and not self.agents.replaces_sampler:
+            raise ConfigError("process_steps: turns scores each model turn of an episode; give tools, an "
+                              "environment or a rollout_func (without them a completion is one turn), or use "
+                              "process_steps: separator")
         self.step_scorer = (StepScorer(resolve_process_reward(args.process_reward, self.device), args.step_separator)
                             if args.process_reward else None)
         self.init_loop(callbacks)
@@ -185,7 +201,7 @@ class GRPOTrainer(OnPolicyTrainer):
         self.step_index += 1
         metrics = reduce_metrics({**step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
                                                  args.num_generations),
-                                  **episode_metrics(self.episode_stats, batch.rollout)})
+                                  **episode_metrics(self.agents.stats, batch.rollout)})
         problem = next((p["problem"] for p in passes if p["problem"]), None)
         return self.end_step(batch, metrics, problem)
 
@@ -254,12 +270,20 @@ class GRPOTrainer(OnPolicyTrainer):
         texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         inputs = self.reward_inputs(rows, rollout)
         completions = rollout.conversations or texts  # an episode's messages, as TRL gives them
-        rewards = (score_completions(self.reward_funcs, completions=completions, weights=self.args.reward_weights,
+        rewards = (score_completions(self.reward_funcs, completions=completions, weights=self.reward_weights,
                                      on_error=self.args.reward_errors, **inputs)
                    if self.reward_funcs else None)
-        steps = (self.step_scorer(texts, tokenizer=self.tokenizer, **inputs)
-                 if self.step_scorer is not None else (None, None))
+        steps = (None, None) if self.step_scorer is None else self.score_steps(texts, rollout, inputs)
         return Scored(rollout, rewards, *steps, prompts_drawn=len(rows))
+
+    def score_steps(self, texts: list[str], rollout: Rollout, inputs: dict):
+        """The process reward's scores and step-end tokens: per step of text, or with
+        ``process_steps: turns`` per model turn of each episode."""
+        if self.args.process_steps == "separator":
+            return self.step_scorer(texts, tokenizer=self.tokenizer, **inputs)
+        lengths = rollout.completion_lengths().tolist()
+        masks = [row[:n] for row, n in zip(rollout.loss_tokens().tolist(), lengths)]
+        return self.step_scorer.score_turns(sampled_masks=masks, tokenizer=self.tokenizer, **inputs)
 
     def advantages(self, scored: Scored, loss_mask: torch.Tensor) -> torch.Tensor:
         """The estimator's per-token advantages ``(N, Tc)`` of this rank's rows, estimated on the

@@ -22,7 +22,7 @@ def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
     adv = batch.advantages[batch.loss_mask > 0]  # over the tokens that enter the loss
     if adv.numel() == 0:
         adv = batch.advantages.new_zeros(1)
-    lengths = rollout.completion_lengths().float()  # (N,)
+    lengths = rollout.loss_tokens().sum(1).float()  # (N,) sampled tokens (environment tokens not, as TRL)
     tokens = max(sum(p["tokens"] for p in passes), 1.0)
     clip_units = max(sum(p["clip_units_sum"] for p in passes), 1.0)  # tokens, or sequences (GSPO)
     mean_over = lambda key, units=tokens: sum(p[key] for p in passes) / units  # noqa: E731

@@ -24,12 +24,9 @@ from types import SimpleNamespace
 
 import torch
 
+from grpokit.trainers.agent_rollouts import AgentRollouts
 from grpokit.trainers.micro_batches import MicroBatch, plan_micro_batches, sorted_plan
-from grpokit.agents.episodes import EnvironmentTokens
-from grpokit.agents.multi_turn import ToolEnvironment, episodes_to_rollout, sample_episodes
-from grpokit.agents.tools import ToolBox
-from grpokit.data import PromptStream, encode_prompt, extra_columns, is_conversational, load_rows, validate_prompt_rows
-from grpokit.imports import import_object
+from grpokit.data import PromptStream, encode_prompt, extra_columns, load_rows, validate_prompt_rows
 from grpokit.errors import ConfigError
 from grpokit.trainers.logprobs import completion_logprobs, model_logprobs, shared_prefix_logprobs
 from grpokit.rewards import resolve_reward
@@ -40,7 +37,7 @@ from grpokit.trainers.loop import TrainingLoop
 class OnPolicyTrainer(TrainingLoop):
     """Sampling, reward inputs and log-prob forwards shared by GRPO and PPO."""
 
-    environment = None  # the tool environment of multi-turn episodes (init_tools)
+    agents = None  # tools, environments or a rollout function (init_agents)
 
     def init_rewards(self, reward_funcs, train_dataset, name: str) -> None:
         """Validated rows, resolved reward functions and a checked ``reward_weights``."""
@@ -56,13 +53,18 @@ class OnPolicyTrainer(TrainingLoop):
             raise ConfigError(f"reward_weights has {len(weights)} values but there are "
                               f"{len(self.reward_funcs)} reward functions; give one weight per function")
 
-    def init_tools(self, tools: list) -> None:
-        """The tool environment of ``tools`` (callables or import paths) and ``args.tools``, or None."""
-        named = [(t, f"tools[{i}]") for i, t in enumerate(tools)]
-        named += [(t, f"{self.stage}.tools[{i}]") for i, t in enumerate(self.args.tools)]
-        functions = [import_object(t, what) if isinstance(t, str) else t for t, what in named]
-        self.environment = ToolEnvironment(ToolBox(functions, self.args.tool_timeout_s)) if functions else None
-        self.episode_stats = None
+    def init_agents(self, tools=(), environment_factory=None, rollout_func=None) -> None:
+        """Tools, an environment factory or a rollout function, from the arguments and the config
+        (call before :meth:`init_rewards`, then :meth:`add_agent_reward`)."""
+        self.agents = AgentRollouts(self.args, self.stage, list(tools), environment_factory, rollout_func)
+
+    def add_agent_reward(self) -> None:
+        """An environment's own reward (``get_reward``, a verifiers rubric) joins the reward
+        functions with weight 1."""
+        self.reward_weights = self.args.reward_weights
+        if self.agents.reward_function is not None:
+            self.reward_funcs.append(self.agents.reward_function)
+            self.reward_weights = self.reward_weights and [*self.reward_weights, 1.0]
 
     def init_sampling(self) -> None:
         """Pre-tokenized prompts, the resumable prompt stream and the sampler's settings."""
@@ -71,25 +73,25 @@ class OnPolicyTrainer(TrainingLoop):
             raise ConfigError(f"prompts_per_step ({args.prompts_per_step}) is the global number of prompts "
                              f"per step and must be a multiple of the number of processes ({world})")
         self.columns = extra_columns(self.rows)
-        if self.environment is not None and not all(is_conversational(r["prompt"]) for r in self.rows):
-            raise ConfigError("tools need chat prompts (a list of messages per row), so the chat template can "
-                              "show the tools and the tool replies")
-        self.prompt_ids = [self._encode(r["prompt"], f"train_dataset row {i}") for i, r in enumerate(self.rows)]
+        self.agents.start(self.tokenizer, self.rows)
+        self.prompt_ids = [self.encode(r["prompt"], f"train_dataset row {i}") for i, r in enumerate(self.rows)]
         # rows carry their position so a sampled row finds its pre-tokenized prompt
         self.stream = PromptStream([{**r, "_index": i} for i, r in enumerate(self.rows)], args.seed)
         self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p, args.top_k)
-        self.generator = torch.Generator(self.device).manual_seed(args.seed)
+        # single turns draw the global batch's random table on every rank; episodes (drawn as they
+        # go) take one stream per rank
+        rank = self.ranks.rank if self.agents.replaces_sampler else 0
+        self.generator = torch.Generator(self.device).manual_seed(args.seed + rank)
         self.eos_token_id = self.tokenizer.eos_token_id  # where sampling stops
-        self.environment_tokens = EnvironmentTokens(self.tokenizer) if self.environment is not None else None
 
     def _frozen_copy(self):
         ref = copy.deepcopy(self.model).eval()
         ref.requires_grad_(False)
         return ref
 
-    def _encode(self, prompt, where: str) -> list[int]:
-        tools = self.environment.toolbox.schemas if self.environment is not None else None
-        ids = encode_prompt(prompt, self.tokenizer, where, tools)
+    def encode(self, prompt, where: str) -> list[int]:
+        """A prompt's token ids (with the tools' schemas, cut to ``max_prompt_length``)."""
+        ids = encode_prompt(prompt, self.tokenizer, where, self.agents.schemas)
         limit = self.args.max_prompt_length
         return ids[-limit:] if limit else ids
 
@@ -100,11 +102,11 @@ class OnPolicyTrainer(TrainingLoop):
     def sample(self, rows: list[dict], timings: dict) -> Rollout:
         """``num_generations`` completions for each of this rank's rows, each prompt encoded
         once, with this rank's rows of the global batch's random numbers."""
+        if self.agents.replaces_sampler:
+            return self.agents.sample(self, rows, timings)
         started = time.perf_counter()
         prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
         group = self.args.num_generations
-        if self.environment is not None:
-            return self.sample_episodes(prompt_ids, timings, started)
         table = random_table(self.args.prompts_per_step * group, self.sampling.max_new_tokens,
                              self.generator)  # (global P·G, max new tokens)
         first = self.ranks.row_offset(len(rows) * group)
@@ -115,23 +117,17 @@ class OnPolicyTrainer(TrainingLoop):
         timings["generate"] = time.perf_counter() - started
         return rollout
 
-    def sample_episodes(self, prompt_ids: list[list[int]], timings: dict, started: float) -> Rollout:
-        """Multi-turn episodes with the tool environment, as one rollout."""
-        args, iterations = self.args, self.args.max_tool_calling_iterations
-        with self.autocast():
-            episodes, truncated, self.episode_stats = sample_episodes(
-                self.model, self.tokenizer, prompt_ids, args.num_generations, self.sampling, self.environment,
-                max_turns=iterations + 1 if iterations is not None else args.max_completion_length,
-                max_tokens=args.max_completion_length, generator=self.generator,
-                environment_tokens=self.environment_tokens)
-        timings["generate"] = time.perf_counter() - started - self.episode_stats.environment_seconds
-        timings["environment"] = self.episode_stats.environment_seconds
-        return episodes_to_rollout(episodes, truncated, args.num_generations, self.tokenizer.pad_token_id)
-
     def reward_inputs(self, rows: list[dict], rollout: Rollout) -> dict:
-        """The keywords every reward receives besides the completions."""
-        return dict(prompts=[r["prompt"] for r in rows], completion_ids=rollout.token_lists(),
-                    columns={c: [r.get(c) for r in rows] for c in self.columns},
+        """The keywords every reward receives besides the completions (the rollout's own
+        ``reward_kwargs`` among the columns, its ``prompts`` replacing the rows')."""
+        if rollout.reward_kwargs is None:
+            prompts, columns = [r["prompt"] for r in rows], {c: [r.get(c) for r in rows] for c in self.columns}
+        else:  # one value per completion, the rows' repeated for each of their completions
+            extra = dict(rollout.reward_kwargs)
+            repeated = [r for r in rows for _ in range(rollout.group_size)]
+            prompts = extra.pop("prompts", None) or [r["prompt"] for r in repeated]
+            columns = {**{c: [r.get(c) for r in repeated] for c in self.columns}, **extra}
+        return dict(prompts=prompts, completion_ids=rollout.token_lists(), columns=columns,
                     trainer_state=SimpleNamespace(global_step=self.step_index,
                                                   max_steps=self.args.max_steps))
 

@@ -128,7 +128,9 @@ class PPOTrainer(OnPolicyTrainer):
     def __init__(self, model, reward_funcs, args: PPOConfig | None = None, train_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None):
         self.args = args = args or PPOConfig()
+        self.init_agents()  # PPO samples single turns: no tools in its config
         self.init_rewards(reward_funcs, train_dataset, "PPOTrainer")
+        self.add_agent_reward()
         self.estimator = ADVANTAGE_ESTIMATORS.get(args.advantage_estimator)
         self.policy_loss = POLICY_LOSSES.get(args.policy_loss)
         self.aggregation = AGGREGATIONS.get(args.loss_type)
@@ -210,7 +212,7 @@ class PPOTrainer(OnPolicyTrainer):
 
     def score(self, rows: list[dict], rollout: Rollout) -> RewardBatch:
         texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        return score_completions(self.reward_funcs, completions=texts, weights=self.args.reward_weights,
+        return score_completions(self.reward_funcs, completions=texts, weights=self.reward_weights,
                                  **self.reward_inputs(rows, rollout))
 
     def _values(self, rollout: Rollout, batch: MicroBatch) -> torch.Tensor:

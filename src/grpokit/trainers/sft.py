@@ -21,7 +21,9 @@ from grpokit.config import SFTConfig
 from grpokit.parallel.ranks import sum_across
 from grpokit.data import load_rows, render_prompt, validate_sft_rows
 from grpokit.errors import DatasetError
-from grpokit.answers import completion_text
+from grpokit.agents.episodes import EnvironmentTokens
+from grpokit.agents.tools import tool_schema
+from grpokit.imports import import_object
 from grpokit.data import shuffled_batches
 from grpokit.models.for_training import resolve_model
 from grpokit.trainers.loop import TrainingLoop
@@ -38,6 +40,26 @@ def encode_demonstration(
     ids = (prompt_ids + completion_ids)[:max_length]
     labels = ([-100] * len(prompt_ids) + completion_ids)[:max_length]
     return ids, labels
+
+
+def encode_conversation(prompt: str, completion: list[dict], tokenizer: PreTrainedTokenizerBase,
+                        max_length: int, environment_tokens=None) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a chat demonstration whose completion may hold several turns
+    (assistant, tool, assistant, ...): labels on the assistant turns (each ended by EOS), the
+    other messages rendered as a multi-turn episode renders them (``EnvironmentTokens``), so
+    the model learns the very token layout it samples in."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    labels, pending = [-100] * len(ids), []
+    for message in completion:
+        if message["role"] != "assistant":
+            pending.append(message)
+            continue
+        if pending:
+            environment = (environment_tokens or EnvironmentTokens(tokenizer))(pending)
+            ids, labels, pending = ids + environment, labels + [-100] * len(environment), []
+        turn = tokenizer(message["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids, labels = ids + turn, labels + turn
+    return ids[:max_length], labels[:max_length]
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -69,7 +91,9 @@ def completion_nll(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tu
 
 
 class SFTTrainer(TrainingLoop):
-    """Fine-tune a causal LM on ``{prompt, completion}`` (or ``messages``) rows.
+    """Fine-tune a causal LM on ``{prompt, completion}`` (or ``messages``) rows; a chat
+    completion may hold several turns with tool messages between them (``tools`` and
+    ``args.tools`` are shown in the prompts, as in the GRPO stage that follows).
 
     ``model`` is a local model directory or a loaded ``PreTrainedModel`` (then pass the
     tokenizer as ``processing_class``); ``train_dataset`` is anything ``load_rows`` reads.
@@ -79,16 +103,22 @@ class SFTTrainer(TrainingLoop):
     stage = "sft"
 
     def __init__(self, model, args: SFTConfig, train_dataset, processing_class=None,
-                 peft_config=None, callbacks=None):
+                 peft_config=None, callbacks=None, tools=()):
         self.args = args
         source = str(train_dataset) if isinstance(train_dataset, (str, Path)) else "train_dataset"
         rows = validate_sft_rows(load_rows(train_dataset), source)
         self.model, self.tokenizer, self.device = resolve_model(model, processing_class, args,
                                                                 peft_config)
+        functions = [*tools, *(import_object(t, f"sft.tools[{i}]") for i, t in enumerate(args.tools))]
+        schemas = [tool_schema(fn) for fn in functions] or None
+        environment_tokens = EnvironmentTokens(self.tokenizer) if any(len(r["completion"]) > 1 for r in rows
+                                                                      if isinstance(r["completion"], list)) else None
         self.examples = [
-            encode_demonstration(render_prompt(r["prompt"], self.tokenizer),
-                                 completion_text(r["completion"]),
-                                 self.tokenizer, args.max_length)
+            encode_conversation(render_prompt(r["prompt"], self.tokenizer, schemas), r["completion"], self.tokenizer,
+                                args.max_length, environment_tokens)
+            if isinstance(r["completion"], list) else
+            encode_demonstration(render_prompt(r["prompt"], self.tokenizer), r["completion"], self.tokenizer,
+                                 args.max_length)
             for r in rows
         ]
 
