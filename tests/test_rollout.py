@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from grpokit.trainers.logprobs import completion_logprobs
-from grpokit.sampling.sampler import SamplingParams, filter_logits, generate, left_pad
+from grpokit.sampling.sampler import SamplingParams, continue_generation, filter_logits, generate, left_pad
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -319,3 +319,31 @@ def test_row_compaction_gives_the_same_greedy_tokens(varied_model, char_tokenize
         grouped = run(varied_model, tok, prompt_ids, 3, temperature=0)
     assert min(rows for rows, _ in log.shapes[1:]) < 3 * len(prompt_ids)
     assert grouped.token_lists() == [t for t in alone for _ in range(3)]
+
+
+# ------------------------------------------------------------------------ continuing from row caches
+
+
+def test_a_continuation_from_row_caches_equals_decoding_the_whole_context(varied_model, char_tokenizer, prompt_ids):
+    tok = char_tokenizer
+    caches = {}
+    first = generate(varied_model, prompt_ids, 2, SamplingParams(max_new_tokens=MAX_NEW), tok.eos_token_id,
+                     tok.pad_token_id, torch.Generator().manual_seed(0), row_caches=caches)
+    ended = [i for i in range(first.num_completions) if not first.truncated[i]]
+    assert sorted(caches) == ended and len(ended) >= 4
+    turns = first.token_lists()
+    for i in ended:  # every context token but the last sampled one, which is not fed yet
+        assert caches[i].length == len(prompt_ids[i // 2]) + len(turns[i]) - 1
+    appended = [tok(text, add_special_tokens=False)["input_ids"] for text in ["ok:", "a much longer reply:"]]
+    new_ids = [[turns[i][-1], *appended[k % 2]] for k, i in enumerate(ended)]  # suffixes of different lengths
+    params = SamplingParams(max_new_tokens=MAX_NEW, temperature=0)
+    next_caches = {}
+    continued = continue_generation(varied_model, [caches[i] for i in ended], new_ids, params, tok.eos_token_id,
+                                    tok.pad_token_id, row_caches=next_caches)
+    contexts = [prompt_ids[i // 2] + turns[i] + new[1:] for i, new in zip(ended, new_ids)]
+    whole = generate(varied_model, contexts, 1, params, tok.eos_token_id, tok.pad_token_id)
+    assert continued.token_lists() == whole.token_lists()
+    torch.testing.assert_close(continued.sampling_logp, whole.sampling_logp, atol=1e-5, rtol=1e-5)
+    assert next_caches  # and a third turn can continue from these
+    for row, cache in next_caches.items():
+        assert cache.length == len(contexts[row]) + len(continued.token_lists()[row]) - 1

@@ -5,8 +5,9 @@ An episode ends when the model's turn asks for nothing (the environment answers 
 would pass ``max_tokens``; a turn samples at most ``params.max_new_tokens``; a turn cut by the
 budget, or one without an end-of-turn token, leaves the episode truncated. The first turn shares
 each prompt across its G episodes (one prefill per prompt) when they are the same; later turns
-decode every live episode of the step together, each on its own context, and the environment
-answers all of a round's turns in one call, so tool calls of a step run concurrently.
+decode every live episode of the step together, each continuing from its own KV cache (only the
+environment's tokens are encoded: the conversation so far is never encoded again), and the
+environment answers all of a round's turns in one call, so tool calls of a step run concurrently.
 
 An *environment* here is anything with ``respond(episodes: list[int], turns: list[str], stats:
 EpisodeStats) -> list[list[dict] | None]``: for each listed episode (its index in the step) and
@@ -26,7 +27,7 @@ import torch
 from grpokit.agents.episodes import Episode, EnvironmentTokens, rollout_from_lists
 from grpokit.agents.tool_calls import parse_tool_calls
 from grpokit.agents.tools import ERROR_KINDS, ToolBox, run_tool_calls
-from grpokit.sampling.sampler import Rollout, SamplingParams, generate
+from grpokit.sampling.sampler import Rollout, RowCache, SamplingParams, continue_generation, generate
 
 
 @dataclass
@@ -91,17 +92,19 @@ def sample_episodes(model, tokenizer, prompt_ids: list[list[int]], group_size: i
     stats = EpisodeStats()
     turn_limit = replace(params, max_new_tokens=min(params.max_new_tokens, max_tokens))
     groups = [prompt_ids[i : i + group_size] for i in range(0, len(prompt_ids), group_size)]
+    caches: dict[int, RowCache] = {}  # each live episode's KV cache, by episode
     if all(ids == group[0] for group in groups for ids in group):  # each prompt prefilled once
-        first = generate(model, [group[0] for group in groups], group_size, turn_limit, eos, pad, generator)
+        first = generate(model, [group[0] for group in groups], group_size, turn_limit, eos, pad, generator,
+                         row_caches=caches)
     else:
-        first = generate(model, prompt_ids, 1, turn_limit, eos, pad, generator)
+        first = generate(model, prompt_ids, 1, turn_limit, eos, pad, generator, row_caches=caches)
     live = _add_turns(episodes, truncated, range(len(episodes)), first, eos, max_tokens, tokenizer)
     while live:
         tic = time.perf_counter()
         texts = [episodes[i].messages[-1]["content"] for i in live]
         replies = environment.respond(live, texts, stats)
         stats.environment_seconds += time.perf_counter() - tic
-        going = []
+        going, new_ids = [], []
         for i, messages in zip(live, replies):
             if messages is None or episodes[i].model_turns >= max_turns:
                 continue
@@ -109,14 +112,18 @@ def sample_episodes(model, tokenizer, prompt_ids: list[list[int]], group_size: i
             if len(episodes[i].ids) + len(ids) >= max_tokens:
                 truncated[i] = True
                 continue
+            new_ids.append([episodes[i].ids[-1], *ids])  # the turn's end-of-turn token is not in its cache yet
             episodes[i].add_environment(ids)
             episodes[i].messages += messages
             going.append(i)
         if not going:
             break
         budget = max(max_tokens - len(episodes[i].ids) for i in going)
-        rollout = generate(model, [episodes[i].context_ids for i in going], 1,
-                           replace(params, max_new_tokens=min(params.max_new_tokens, budget)), eos, pad, generator)
+        turn_caches: dict[int, RowCache] = {}
+        rollout = continue_generation(model, [caches.pop(i) for i in going], new_ids,
+                                      replace(params, max_new_tokens=min(params.max_new_tokens, budget)), eos, pad,
+                                      generator, row_caches=turn_caches)
+        caches = {going[row]: cache for row, cache in turn_caches.items()}
         live = _add_turns(episodes, truncated, going, rollout, eos, max_tokens, tokenizer)
     stats.model_turns = [episode.model_turns for episode in episodes]
     return episodes, truncated, stats

@@ -12,6 +12,11 @@ The randomness is drawn up front: one uniform number per completion row and deco
 never on which other rows share the batch or when they finish, which is what lets several
 processes split one batch and sample exactly what a single process would (each draws the
 table of the global batch and uses its own rows).
+
+Multi-turn episodes keep their cache across turns: ``generate(..., row_caches={})`` hands back
+each finished row's keys and values (a :class:`RowCache`), and :func:`continue_generation`
+decodes the next turn of such rows after feeding only what came since (the turn's last token
+and the environment's tokens), instead of encoding the whole conversation again.
 """
 
 from __future__ import annotations
@@ -47,6 +52,18 @@ class PreallocatedLayer(DynamicLayer):
         self.length = end
         self._refresh()
         return self.keys, self.values
+
+    def fill(self, keys: list[torch.Tensor], values: list[torch.Tensor], width: int) -> None:
+        """Start from per-row ``(heads, length, dim)`` keys and values, right-aligned in the
+        first ``width`` positions (the gap before a shorter row stays zero and is masked)."""
+        heads, _, dim = keys[0].shape
+        self._keys = keys[0].new_zeros((len(keys), heads, self.capacity, dim))
+        self._values = values[0].new_zeros((len(keys), heads, self.capacity, values[0].shape[-1]))
+        for row, (k, v) in enumerate(zip(keys, values)):
+            self._keys[row, :, width - k.shape[1] : width] = k
+            self._values[row, :, width - v.shape[1] : width] = v
+        self.device, self.is_initialized, self.length = keys[0].device, True, width
+        self._refresh()
 
     def _refresh(self) -> None:
         self.keys = self._keys[:, :, : self.length]
@@ -189,6 +206,19 @@ def pick_tokens(
     return tokens, logp.squeeze(1)
 
 
+@dataclass
+class RowCache:
+    """One row's keys and values, real positions only: per layer ``(heads, length, dim)``, for
+    every token of its context but the last one sampled (which has not been fed yet)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[1]
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -200,6 +230,7 @@ def generate(
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
     keep_decoding=None,
+    row_caches: dict[int, RowCache] | None = None,
 ) -> Rollout:
     """Sample ``group_size`` completions for each prompt (token lists, unpadded).
 
@@ -207,18 +238,67 @@ def generate(
     they are drawn from ``generator``. ``keep_decoding(done: bool) -> bool``, when given, is told
     after every decode position whether this call's rows are all done and answers whether to go
     on: processes whose models take part in collectives (FSDP) decode in lockstep this way.
+    ``row_caches``, when given, receives the :class:`RowCache` of every row that ended with EOS
+    (by completion row), for :func:`continue_generation`.
     """
-    if uniforms is None:
-        rows = len(prompt_ids) * group_size
-        uniforms = (random_table(rows, params.max_new_tokens, generator) if params.temperature > 0
-                    else torch.zeros((rows, params.max_new_tokens)))
+    uniforms = _uniforms(len(prompt_ids) * group_size, params, generator, uniforms)
     was_training = model.training
     model.eval()
     try:
         return _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id,
-                         uniforms, keep_decoding)
+                         uniforms, keep_decoding, row_caches)
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def continue_generation(
+    model: PreTrainedModel,
+    caches: list[RowCache],
+    new_ids: list[list[int]],
+    params: SamplingParams,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+    row_caches: dict[int, RowCache] | None = None,
+) -> Rollout:
+    """One more completion per row of an earlier :func:`generate`: row ``i`` continues from
+    ``caches[i]`` after the tokens ``new_ids[i]`` (the last token it sampled, then whatever was
+    appended, e.g. an environment's message and the next assistant header). Only ``new_ids`` are
+    encoded. The returned rollout's prompts are ``new_ids``; ``row_caches`` as for :func:`generate`.
+
+    The cache is laid out as ``[pad][row's cache][pad][new ids]``, the gaps masked and position ids
+    counting real tokens only, so every row sees exactly its own context in order.
+    """
+    uniforms = _uniforms(len(caches), params, generator, None)
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        cached = max(c.length for c in caches)
+        new, new_mask = left_pad(new_ids, pad_token_id)
+        old_mask = torch.zeros((len(caches), cached), dtype=torch.long)
+        for row, c in enumerate(caches):
+            old_mask[row, cached - c.length:] = 1
+        mask = torch.cat([old_mask, new_mask], 1).to(device)
+        cache = preallocated_cache(model, mask.shape[1] + params.max_new_tokens)
+        for index, layer in enumerate(cache.layers):
+            layer.fill([c.keys[index] for c in caches], [c.values[index] for c in caches], cached)
+        out = model(input_ids=new.to(device), attention_mask=mask,
+                    position_ids=(mask.cumsum(1) - 1).clamp(min=0)[:, cached:], cache=cache,
+                    use_cache=True, logits_to_keep=1)
+        decoded = _decode(model, out.logits[:, -1].float(), out.cache, mask, params, eos_token_id, uniforms,
+                          None, row_caches)
+        return _rollout(new, new_mask, decoded, 1, pad_token_id)
+    finally:
+        model.train(was_training)
+
+
+def _uniforms(rows: int, params: SamplingParams, generator, uniforms):
+    if uniforms is not None:
+        return uniforms
+    return (random_table(rows, params.max_new_tokens, generator) if params.temperature > 0
+            else torch.zeros((rows, params.max_new_tokens)))
 
 
 def random_table(rows: int, positions: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -232,7 +312,7 @@ def random_table(rows: int, positions: int, generator: torch.Generator | None) -
 
 
 def _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id, uniforms,
-              keep_decoding):
+              keep_decoding, row_caches):
     device = next(model.parameters()).device
     p_ids, p_mask = left_pad(prompt_ids, pad_token_id)
     cache = preallocated_cache(model, p_ids.shape[1] + params.max_new_tokens)
@@ -248,7 +328,11 @@ def _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id,
     cache.batch_repeat_interleave(group_size)
     decoded = _decode(model, out.logits[:, -1].float().repeat_interleave(group_size, 0), cache,
                       p_mask.repeat_interleave(group_size, 0).to(device), params,
-                      eos_token_id, uniforms, keep_decoding)
+                      eos_token_id, uniforms, keep_decoding, row_caches)
+    return _rollout(p_ids, p_mask, decoded, group_size, pad_token_id)
+
+
+def _rollout(p_ids, p_mask, decoded, group_size, pad_token_id) -> Rollout:
     tokens, logps, lengths, truncated = decoded
     completion_mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]  # (N, Tc)
     return Rollout(
@@ -262,8 +346,21 @@ def _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id,
     )
 
 
-def _decode(model, logits, cache, prompt_mask, params, eos_token_id, uniforms, keep_decoding):
-    """Token-by-token decoding with compaction of finished rows; returns CPU tensors."""
+def _keep_row_caches(cache, mask, live, rows, lengths, width: int, row_caches) -> None:
+    """Copy out the caches of ``rows`` (positions in the live batch): the real context columns
+    before ``width`` and the sampled tokens fed so far (all but each row's last)."""
+    for row in rows.tolist():
+        original = int(live[row])
+        columns = torch.cat([mask[row, :width].nonzero().squeeze(1),
+                             torch.arange(width, width + int(lengths[original]) - 1, device=mask.device)])
+        row_caches[original] = RowCache([layer._keys[row][:, columns] for layer in cache.layers],
+                                        [layer._values[row][:, columns] for layer in cache.layers])
+
+
+def _decode(model, logits, cache, prompt_mask, params, eos_token_id, uniforms, keep_decoding, row_caches=None):
+    """Token-by-token decoding with compaction of finished rows; returns CPU tensors. With
+    ``row_caches``, the cache of each row that ended with EOS is copied out before it is
+    dropped."""
     n, max_new = logits.shape[0], params.max_new_tokens
     tokens = torch.zeros((n, max_new), dtype=torch.long)
     logps = torch.zeros((n, max_new))
@@ -289,6 +386,9 @@ def _decode(model, logits, cache, prompt_mask, params, eos_token_id, uniforms, k
             break
         if (~finished[live]).sum() <= 0.75 * len(live):
             keep = (~finished[live]).nonzero().squeeze(1)
+            if row_caches is not None:
+                dropped = finished[live].nonzero().squeeze(1)
+                _keep_row_caches(cache, mask, live, dropped, lengths, prompt_mask.shape[1], row_caches)
             if keep.numel() == 0:  # done, decoding on for the other processes: keep one row
                 keep = torch.zeros(1, dtype=torch.long)
             cache.batch_select_indices(keep.to(mask.device))
@@ -303,6 +403,9 @@ def _decode(model, logits, cache, prompt_mask, params, eos_token_id, uniforms, k
             use_cache=True,
         )
         cache, logits = out.cache, out.logits[:, -1].float()
+    if row_caches is not None:
+        ended = (finished[live] & ~torch.tensor([int(r) in row_caches for r in live])).nonzero().squeeze(1)
+        _keep_row_caches(cache, mask, live, ended, lengths, prompt_mask.shape[1], row_caches)
     truncated = ~finished
     return tokens, logps, lengths, truncated
 
