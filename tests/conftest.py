@@ -70,3 +70,37 @@ def smollm2_dir(tmp_path_factory):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.parent.iterdir()) == [SMOLLM2]  # no staging directory left
     return out
+
+
+class StepRecorder:
+    """A trainer callback keeping every step's batch and metrics."""
+
+    def __init__(self):
+        self.batches, self.metrics = [], []
+
+    def on_step_end(self, trainer, step, batch, metrics):
+        self.batches.append(batch)
+        self.metrics.append(dict(metrics))
+
+
+@pytest.fixture
+def record_steps():
+    """``record_steps()``: a new :class:`StepRecorder` to pass in ``callbacks``."""
+    return StepRecorder
+
+
+def forward_and_sampled_logprobs(model, episode):
+    """At an episode's sampled tokens: the log-probs of a plain forward over its whole context,
+    and the ones the sampler recorded."""
+    with torch.no_grad():
+        logits = model(torch.tensor([episode.context_ids])).logits[0].float()
+    start = len(episode.prompt_ids)
+    logp = torch.log_softmax(logits[start - 1 : -1], -1).gather(1, torch.tensor(episode.ids)[:, None])[:, 0]
+    sampled = torch.tensor(episode.sampled_mask, dtype=torch.bool)
+    return logp[sampled], torch.tensor(episode.sampling_logp)[sampled]
+
+
+@pytest.fixture
+def episode_logprobs():
+    """``episode_logprobs(model, episode)``: see :func:`forward_and_sampled_logprobs`."""
+    return forward_and_sampled_logprobs

@@ -86,20 +86,9 @@ def grpo_args(tmp_path, **overrides) -> GRPOConfig:
     return GRPOConfig(**{**settings, **overrides})
 
 
-class Batches:
-    """A callback keeping every step's batch and metrics."""
-
-    def __init__(self):
-        self.batches, self.metrics = [], []
-
-    def on_step_end(self, trainer, step, batch, metrics):
-        self.batches.append(batch)
-        self.metrics.append(dict(metrics))
-
-
-def test_an_environment_that_owns_its_data_and_its_reward_trains_without_dataset_or_reward_funcs(tool_model,
+def test_an_environment_that_owns_its_data_and_its_reward_trains_without_dataset_or_reward_funcs(record_steps, tool_model,
                                                                                                  tmp_path):
-    seen = Batches()
+    seen = record_steps()
     trainer = GRPOTrainer(model=tool_model, args=grpo_args(tmp_path), environment_factory=IncrementEnv,
                           callbacks=[seen])
     trainer.train(show_progress=False)
@@ -146,7 +135,7 @@ def test_dataset_columns_reach_reset_and_reward_functions_get_the_environments(t
     assert all(env.prompt[-1]["content"] == f"Increment the counter by {env.target}." for env in environments)
 
 
-def test_a_rollout_function_written_for_trl_trains_and_its_extra_fields_reach_the_rewards(tiny_model,
+def test_a_rollout_function_written_for_trl_trains_and_its_extra_fields_reach_the_rewards(record_steps, tiny_model,
                                                                                          char_tokenizer, tmp_path):
     def rollout_func(prompts, trainer):
         tokenizer = trainer.processing_class
@@ -165,7 +154,7 @@ def test_a_rollout_function_written_for_trl_trains_and_its_extra_fields_reach_th
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs,
                 "env_mask": env_masks, "source": ["my-loop"] * len(prompts)}
 
-    received, seen = [], Batches()
+    received, seen = [], record_steps()
 
     def reward(prompts, completions, source, **kwargs):
         received.append((prompts, source))
@@ -226,7 +215,7 @@ def test_the_yaml_keys_name_an_environment_factory_by_import_path(tool_model, tm
     sys.modules.pop("my_envs", None)
 
 
-def test_a_tool_that_kills_its_process_or_hangs_costs_its_episode_an_error_not_the_step(tool_model, tmp_path):
+def test_a_tool_that_kills_its_process_or_hangs_costs_its_episode_an_error_not_the_step(record_steps, tool_model, tmp_path):
     def increment(step: int) -> int:  # noqa: F811 - the name the model calls
         """
         Increment the internal counter.
@@ -239,7 +228,7 @@ def test_a_tool_that_kills_its_process_or_hangs_costs_its_episode_an_error_not_t
         time.sleep(30)  # and the others hang
         return step
 
-    seen = Batches()
+    seen = record_steps()
     rows = [{"prompt": [{"role": "user", "content": f"Increment the counter by {i}."}]} for i in range(1, 7)]
     args = grpo_args(tmp_path, max_steps=1, tool_isolation="process", tool_timeout_s=1.0, max_completion_length=200)
     GRPOTrainer(model=tool_model, reward_funcs=[lambda completions, **kw: [1.0] * len(completions)], args=args,
@@ -251,7 +240,7 @@ def test_a_tool_that_kills_its_process_or_hangs_costs_its_episode_an_error_not_t
     assert {"crashed its process (exit code 3)" in r or "did not answer within 1 s" in r for r in replies} == {True}
 
 
-def test_per_turn_rewards_credit_each_turn_with_its_own_score_and_the_later_turns(tool_model, tmp_path):
+def test_per_turn_rewards_credit_each_turn_with_its_own_score_and_the_later_turns(record_steps, tool_model, tmp_path):
     from grpokit.rewards.step_scores import register_process_reward
 
     seen_steps = []
@@ -262,7 +251,7 @@ def test_per_turn_rewards_credit_each_turn_with_its_own_score_and_the_later_turn
         return [[float("<tool_call>" in turn) if k == 0 else float("<answer>" in turn) for k, turn in enumerate(row)]
                 for row in steps]
 
-    seen = Batches()
+    seen = record_steps()
     rows = [{"prompt": [{"role": "user", "content": f"Increment the counter by {i}."}]} for i in range(1, 7)]
     args = grpo_args(tmp_path, max_steps=1, process_reward="test_called_then_answered", process_steps="turns",
                      max_completion_length=200)

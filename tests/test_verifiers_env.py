@@ -158,7 +158,7 @@ class Quiz(vf.MultiTurnEnv):
         return len(state["trajectory"]) >= 3
 
 
-def test_multi_turn_env_trains_on_the_sampled_tokens_decoded_together(varied_model, tokenizer, generate_calls):
+def test_multi_turn_env_trains_on_the_sampled_tokens_decoded_together(episode_logprobs, varied_model, tokenizer, generate_calls):
     recorder, states = state_recorder()
     env = Quiz(dataset=questions("Count to 3.", "Say hi.", "Spell cat."), rubric=vf.Rubric(funcs=[recorder]))
     rows = env.get_dataset().to_list()
@@ -176,12 +176,8 @@ def test_multi_turn_env_trains_on_the_sampled_tokens_decoded_together(varied_mod
         check_against_trajectory(episode, state, stats.errors[i], tokenizer)
         assert episode.model_turns == 3 or truncated[i] or stats.errors[i]  # the env's own stop, or cut
         # the sampler's log-probs at sampled tokens are what a plain forward over the context gives
-        with torch.no_grad():
-            logits = varied_model(torch.tensor([episode.context_ids])).logits[0].float()
-        start = len(episode.prompt_ids)
-        logp = torch.log_softmax(logits[start - 1 : -1], -1).gather(1, torch.tensor(episode.ids)[:, None])[:, 0]
-        sampled = torch.tensor(episode.sampled_mask, dtype=torch.bool)
-        assert torch.allclose(logp[sampled], torch.tensor(episode.sampling_logp)[sampled], atol=1e-4)
+        forward, sampler = episode_logprobs(varied_model, episode)
+        assert torch.allclose(forward, sampler, atol=1e-4)
     check_truncation(episodes, truncated, tokenizer.eos_token_id)
 
 
@@ -351,15 +347,6 @@ def test_two_turns_on_the_real_bpe_tokenizer_keep_the_sampled_tokens(smollm2_dir
     check_truncation(episodes, truncated, tokenizer.eos_token_id)
 
 
-class Steps:
-    def __init__(self):
-        self.batches, self.metrics = [], []
-
-    def on_step_end(self, trainer, step, batch, metrics):
-        self.batches.append(batch)
-        self.metrics.append(dict(metrics))
-
-
 def grpo_args(tmp_path, **overrides):
     from grpokit import GRPOConfig
 
@@ -368,12 +355,12 @@ def grpo_args(tmp_path, **overrides):
                          **overrides})
 
 
-def test_grpo_trains_on_a_multi_turn_env_unchanged_its_rubric_the_reward(varied_model, tokenizer, tmp_path):
+def test_grpo_trains_on_a_multi_turn_env_unchanged_its_rubric_the_reward(record_steps, varied_model, tokenizer, tmp_path):
     from grpokit import GRPOTrainer
 
     env = Quiz(dataset=questions("Count to 3.", "Say hi.", "Spell cat.", "Name a dog."),
                rubric=vf.Rubric(funcs=[lambda completion: float(len(completion))]))
-    seen = Steps()
+    seen = record_steps()
     before = [p.detach().clone() for p in varied_model.parameters()]
     trainer = GRPOTrainer(model=varied_model, processing_class=tokenizer, args=grpo_args(tmp_path),
                           environment_factory=env, callbacks=[seen])
@@ -389,7 +376,7 @@ def test_grpo_trains_on_a_multi_turn_env_unchanged_its_rubric_the_reward(varied_
     assert any(not torch.equal(a, b) for a, b in zip(before, varied_model.parameters()))
 
 
-def test_grpo_trains_on_a_tool_env_from_a_load_environment_function(tokenizer, tmp_path):
+def test_grpo_trains_on_a_tool_env_from_a_load_environment_function(record_steps, tokenizer, tmp_path):
     from grpokit import GRPOTrainer
 
     def correct(completion, answer) -> float:
@@ -401,7 +388,7 @@ def test_grpo_trains_on_a_tool_env_from_a_load_environment_function(tokenizer, t
 
     env = load_environment()
     model, _ = tool_calling_model(tokenizer, env, env.get_dataset().to_list())
-    seen = Steps()
+    seen = record_steps()
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, environment_factory=load_environment,
                           args=grpo_args(tmp_path, num_generations=4), callbacks=[seen])
     trainer.train(show_progress=False)

@@ -180,8 +180,8 @@ class StepScorer:
                 for row, ids in zip(spans, completion_ids)]
         return scores, ends
 
-    def score_turns(self, completion_ids: list[list[int]], sampled_masks: list[list[int]], tokenizer,
-                    **inputs: Any) -> tuple[list[list[float]], list[list[int]]]:
+    def score_turns(self, texts: list[str], completion_ids: list[list[int]], sampled_masks: list[list[int]],
+                    tokenizer, **inputs: Any) -> tuple[list[list[float]], list[list[int]]]:
         """Per-turn rewards: the steps of an episode are its model turns (the runs of sampled
         tokens, each decoded on its own), scored by the same function; each step ends at its
         turn's last sampled token."""
@@ -190,7 +190,6 @@ class StepScorer:
         steps = [[tokenizer.decode([t for t, m in zip(ids[a:b + 1], mask[a:b + 1]) if m], skip_special_tokens=True)
                   for a, b in zip(row_starts, row_ends)]
                  for ids, mask, row_starts, row_ends in zip(completion_ids, sampled_masks, starts, ends)]
-        texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         scores = score_steps(self.fn, completions=texts, steps=steps, completion_ids=completion_ids, **inputs)
         return scores, ends
 

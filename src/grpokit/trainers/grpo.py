@@ -283,7 +283,7 @@ class GRPOTrainer(OnPolicyTrainer):
             return self.step_scorer(texts, tokenizer=self.tokenizer, **inputs)
         lengths = rollout.completion_lengths().tolist()
         masks = [row[:n] for row, n in zip(rollout.loss_tokens().tolist(), lengths)]
-        return self.step_scorer.score_turns(sampled_masks=masks, tokenizer=self.tokenizer, **inputs)
+        return self.step_scorer.score_turns(texts, sampled_masks=masks, tokenizer=self.tokenizer, **inputs)
 
     def advantages(self, scored: Scored, loss_mask: torch.Tensor) -> torch.Tensor:
         """The estimator's per-token advantages ``(N, Tc)`` of this rank's rows, estimated on the
