@@ -89,13 +89,17 @@ def test_demo_writes_stage_results_through_the_installed_entry_point(tmp_path):
                  "sample.max_completion_length=8", "sample.min_rewards={}", "rm.max_steps=2",
                  "pipeline.stages.sft2.overrides.sft.max_steps=2",
                  "pipeline.stages.rm.overrides.data.num_train=8",
-                 "pipeline.stages.grpo2.overrides.grpo.max_steps=1"]
+                 "pipeline.stages.grpo2.overrides.grpo.max_steps=1",
+                 "pipeline.stages.judge.overrides.sft.max_steps=2", "sample.judge.on_error=none"]
     subprocess.run([sys.executable, "-m", "grpokit.cli", "demo", "--output-dir", str(out),
                     "--no-progress", *overrides], check=True, capture_output=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["name"] for s in summary["stages"]] == ["sft", "grpo", "sample", "sft2", "rm", "grpo2"]
+    assert [s["name"] for s in summary["stages"]] == ["sft", "grpo", "judge", "sample", "sft2", "rm", "grpo2"]
     for stage in summary["stages"]:
         if stage["type"] in ("sft", "grpo"):
             assert set(stage["eval"]) >= {"pass@1", "greedy_accuracy", "maj@k", "pass@k", "format_rate",
-                                          "mean_completion_length", "reward_model_score"}
+                                          "mean_completion_length", "reward_model_score", "harmful_compliance",
+                                          "over_refusal"}
+    assert summary["judge"]["stage"] == "sample" and summary["judge"]["server"].startswith("transformers serve")
+    assert set(summary["judge"]["agreement"]) >= {"precision", "recall"}

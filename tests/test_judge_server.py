@@ -7,6 +7,7 @@ embedded default, whose replies are gibberish. The server starts unpinned, so ea
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -147,3 +148,133 @@ def test_server_error_follows_on_error(serve_url, models):
         verdict = judge.verdicts(["p"], ["c"])[0]
         assert judge(["p"], ["c"]) == [0.0]
     assert verdict["score"] is None and verdict["error"].startswith("HTTP ")
+
+
+# --------------------------------------------------- a judge the pipeline serves itself
+
+
+def served_processes(model_dir) -> list[int]:
+    """Pids of live processes whose command line names ``model_dir`` (the served judge)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().decode(errors="replace")
+                with open(f"/proc/{entry}/stat") as f:
+                    zombie = f.read().split(") ")[-1].startswith("Z")
+            except OSError:
+                continue
+            if str(model_dir) in cmdline and "transformers" in cmdline and "serve" in cmdline and not zombie:
+                pids.append(int(entry))
+    return pids
+
+
+def sample_config(tmp_path, judge: dict, **settings):
+    from grpokit.config import SampleConfig
+
+    return SampleConfig(output_dir=str(tmp_path / "sample"), num_prompts=3, num_samples=2, max_completion_length=6,
+                        min_rewards={}, judge_min_score=0.5, judge=judge, **settings)
+
+
+def test_served_judge_starts_scores_and_stops_with_the_stage(models, tmp_path):
+    from grpokit.recipes.rejection_sampling import rejection_sample
+
+    scripted = build_scripted_judge(tmp_path / "says7")
+    rows = [{"prompt": f"sum a{i}b7:", "answer": "7"} for i in range(3)]
+    summary = rejection_sample(models["untrained"], rows, ["format"],
+                               sample_config(tmp_path, {"serve": str(scripted), "serve_device": "cpu", "max_tokens": 16}),
+                               show_progress=False, judge_label=lambda completion, row: True)
+    judge = summary["judge"]
+    assert judge["asked"] > 0 and judge["errors"] == 0 and judge["rejected"] == 0
+    assert judge["agreement"]["precision"] == 1.0 and judge["agreement"]["recall"] == 1.0  # "SCORE: 7" approves all
+    assert (tmp_path / "sample" / "judge_server.log").is_file()
+    assert served_processes(scripted) == []
+
+
+def test_a_failing_stage_stops_its_served_judge(models, tmp_path):
+    from grpokit.errors import JudgeError
+    from grpokit.recipes.rejection_sampling import rejection_sample
+
+    wordy = build_scripted_judge(tmp_path / "wordy", reply="GOD")  # no number in the reply
+    rows = [{"prompt": "sum a4b7:", "answer": "11"}]
+    cfg = sample_config(tmp_path, {"serve": str(wordy), "serve_device": "cpu", "max_tokens": 8, "on_error": "raise",
+                                   "fallback_to_last_number": False})
+    with pytest.raises(JudgeError, match="completions got no score .on_error: raise.; first: no score in the judge's reply"):
+        rejection_sample(models["untrained"], rows, ["format"], cfg, show_progress=False)
+    assert served_processes(wordy) == []
+    assert not (tmp_path / "sample" / "sft.jsonl").exists()  # nothing half-written
+
+
+def test_ctrl_c_stops_the_served_judge(tmp_path):
+    scripted = build_scripted_judge(tmp_path / "judge")
+    script = ("import time\nfrom grpokit.rewards.judge import LLMJudge\n"
+              f"with LLMJudge({{'serve': {str(scripted)!r}, 'serve_device': 'cpu'}}) as judge:\n"
+              "    print('ready', flush=True)\n    time.sleep(120)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        assert len(served_processes(scripted)) == 1
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode != 0
+    deadline = time.monotonic() + 15
+    while served_processes(scripted) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert served_processes(scripted) == []
+
+
+def test_a_judge_model_that_cannot_load_gives_a_clear_error(tmp_path):
+    from grpokit.errors import JudgeError
+    from grpokit.serving.model_server import ModelServer
+
+    broken = build_scripted_judge(tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(JudgeError, match=r"judge server for .*broken (exited with code|not healthy).*its log"):
+        ModelServer(broken, device="cpu", startup_timeout_s=60).start()
+    assert served_processes(broken) == []
+    with pytest.raises(JudgeError, match="is not a model directory"):
+        ModelServer(tmp_path / "nothing-here").start()
+
+
+def test_a_crashed_judge_is_a_counted_fallback_or_a_clear_error(models, tmp_path):
+    from grpokit.errors import JudgeError
+    from grpokit.recipes.rejection_sampling import rejection_sample
+    from grpokit.serving.model_server import ModelServer
+
+    with ModelServer(build_scripted_judge(tmp_path / "judge"), device="cpu") as server:
+        dead = {"base_url": server.base_url, "model": server.model, "max_retries": 0}
+    rows = [{"prompt": "sum a4b7:", "answer": "11"}, {"prompt": "sum c1:", "answer": "1"}]  # the server is gone now
+    summary = rejection_sample(models["untrained"], rows, ["format"], sample_config(tmp_path, {**dead, "on_error": "zero"}),
+                               show_progress=False)
+    assert summary["judge"]["errors"] == summary["judge"]["asked"] > 0
+    assert summary["judge"]["rejected"] == summary["sampled"] - summary["rejected_by"].get("empty", 0) > 0
+    assert "no response from" in summary["judge"]["first_error"]
+    with pytest.raises(JudgeError, match="no response from http://127.0.0.1"):
+        rejection_sample(models["untrained"], rows, ["format"], sample_config(tmp_path, {**dead, "on_error": "raise"}),
+                         show_progress=False)
+
+
+def test_the_api_key_never_reaches_files_or_output(models, tmp_path, monkeypatch, capfd):
+    from grpokit.config import RunConfig, validate
+    from grpokit.recipes.stages import run_sample
+
+    secret = "sk-test-4f9a1c0ffee"
+    monkeypatch.setenv("TEST_JUDGE_KEY", secret)
+    with __import__("grpokit.serving.model_server", fromlist=["ModelServer"]).ModelServer(
+            build_scripted_judge(tmp_path / "judge"), device="cpu", log_path=tmp_path / "sample" / "server.log") as server:
+        cfg = validate(RunConfig, {"data": {"task": "digit_sum", "num_train": 6, "num_test": 2},
+                                   "rewards": ["format"],
+                                   "sample": {"output_dir": str(tmp_path / "sample"), "num_prompts": 3,
+                                              "num_samples": 2, "max_completion_length": 6, "min_rewards": {},
+                                              "judge": {"base_url": server.base_url, "model": server.model,
+                                                        "api_key_env": "TEST_JUDGE_KEY", "max_tokens": 16}}}, "test")
+        run_sample(cfg, models["untrained"], show_progress=False)
+    written = [p for p in (tmp_path / "sample").rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"sft.jsonl", "summary.json", "run_config.yaml", "server.log"}
+    assert all(secret not in p.read_text(errors="replace") for p in written)
+    assert "TEST_JUDGE_KEY" in (tmp_path / "sample" / "run_config.yaml").read_text()  # the variable's name only
+    out, err = capfd.readouterr()
+    assert secret not in out + err

@@ -21,6 +21,7 @@ LAYERS = [
     ["config"],
     ["parallel"],
     ["models"],
+    ["serving"],
     ["sampling"],
     ["agents"],
     ["tasks"],

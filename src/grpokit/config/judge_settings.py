@@ -33,11 +33,19 @@ class JudgeConfig(Section):
     # the input of a failed check is left out of error messages: it could be a pasted API key
     model_config = ConfigDict(hide_input_in_errors=True)
 
-    base_url: str
+    base_url: str | None = None
     """The server's OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (requests go to
-    {base_url}/chat/completions)."""
-    model: str
-    """The model name sent in each request (for `transformers serve`, a hub id or a local path)."""
+    {base_url}/chat/completions): a server you run (vLLM, `transformers serve`, a hosted
+    OpenAI-compatible endpoint). Leave it unset with serve."""
+    model: str | None = None
+    """The model name sent in each request (for `transformers serve`, a hub id or a local path);
+    with serve it defaults to the served directory."""
+    serve: str | None = None
+    """A local model directory to serve for as long as the judge is used (the stage): grpokit
+    starts `transformers serve` on a free loopback port, waits until it is healthy, sends the
+    requests there and stops it at the end, also on an error or Ctrl-C."""
+    serve_device: str = "auto"
+    """Device of the served judge: auto (CUDA when present), cpu, cuda:0, ..."""
     api_key_env: str | None = None
     """NAME of the environment variable holding the API key, sent as 'Authorization: Bearer';
     None sends no key. The key itself never appears in configs, logs or errors."""
@@ -75,7 +83,9 @@ class JudgeConfig(Section):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, url: str) -> str:
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, e.g. http://127.0.0.1:8000/v1; found {url!r}")
         return url.rstrip("/")
@@ -107,6 +117,16 @@ class JudgeConfig(Section):
         except re.error as exc:
             raise ValueError(f"score_pattern {pattern!r} is not a valid regex: {exc}") from None
         return pattern
+
+    @model_validator(mode="after")
+    def _one_server(self) -> "JudgeConfig":
+        if (self.base_url is None) == (self.serve is None):
+            raise ValueError("set exactly one of base_url (a running OpenAI-compatible server) and serve (a local "
+                             f"model directory grpokit serves itself); found base_url={self.base_url!r}, "
+                             f"serve={self.serve!r}")
+        if self.base_url is not None and self.model is None:
+            raise ValueError("model is required with base_url: the model name the server expects in requests")
+        return self
 
     @model_validator(mode="after")
     def _score_range(self) -> "JudgeConfig":

@@ -32,7 +32,7 @@ class SampleConfig(Section):
     """Verifiers: a completion is kept only if each named reward (from `rewards`) is at least this
     value; a reward that returns None for a sample does not block it."""
     judge: JudgeConfig | None = None
-    """Optional LLM judge (the keys of the judge reward: base_url, model, rubric, ...); asked only
+    """Optional LLM judge (the keys of the judge reward: base_url or serve, model, rubric, ...); asked only
     about completions that passed the verifiers."""
     judge_min_score: float = Field(0.5, ge=0, le=1)
     """Normalised judge score a completion needs to be kept."""
@@ -113,9 +113,10 @@ class StageSpec(Section):
 
     name: str = Field(min_length=1)
     """Stage name: its directory under pipeline.output_dir, and how later stages refer to it."""
-    type: Literal["sft", "grpo", "ppo", "rejection_sample", "rm"]
+    type: Literal["sft", "grpo", "ppo", "rejection_sample", "rm", "judge"]
     """What the stage runs; sft/grpo/ppo produce a policy, rejection_sample an SFT set, rm a
-    reward model."""
+    reward model, judge a generative judge (SFT on judgements, with the sft settings) that a
+    later stage serves with sample.judge.serve: ${name}."""
     init: str = "previous"
     """Model the stage starts from: 'previous' (the latest policy), 'base' (the run's model), or
     an earlier stage's name."""

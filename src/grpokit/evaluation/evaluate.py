@@ -15,6 +15,10 @@ With ``tools`` every completion is a multi-turn episode (its messages are what t
 reads), and ``cfg.without_tools`` adds ``pass@1_without_tools`` and
 ``greedy_accuracy_without_tools``: the same model with the tools taken away (the prompts list
 none and every call is answered "unknown tool").
+
+When the rows carry a ``harmful`` column (some are harmful requests), the metrics above are
+taken on the ordinary rows and :mod:`grpokit.evaluation.safety_metrics` adds ``harmful_compliance`` and
+``over_refusal`` (with the task's ``refuses`` / ``is_refusal_answer`` when it has them).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from grpokit.agents.tools import ToolBox
 from grpokit.config import EvalConfig
 from grpokit.data import encode_prompt
 from grpokit.evaluation.pass_at_k import maj_at_k, mean_pass_at_k
+from grpokit.evaluation.safety_metrics import has_harmful_rows, opens_with_refusal, safety_metrics
 from grpokit.progress import ProgressReport
 from grpokit.answers import answers_match, extract_answer, is_well_formatted
 from grpokit.sampling.sampler import SamplingParams, generate
@@ -103,6 +108,19 @@ def score_problems(texts: list, greedy: list, rows: list[dict], k: int, verify: 
     }
 
 
+def score_with_safety(texts: list, greedy: list, rows: list[dict], k: int, verify: Verifier, checks: dict,
+                      task=None) -> dict:
+    """:func:`score_problems`, on the ordinary rows alone plus the safety metrics when some rows
+    are harmful requests."""
+    if not has_harmful_rows(rows):
+        return score_problems(texts, greedy, rows, k, verify, **checks)
+    ordinary = [i for i, row in enumerate(rows) if not row.get("harmful")]
+    metrics = score_problems([texts[i * k + j] for i in ordinary for j in range(k)], [greedy[i] for i in ordinary],
+                             [rows[i] for i in ordinary], k, verify, **checks)
+    refuses = getattr(task, "refuses", opens_with_refusal)
+    return {**metrics, **safety_metrics(texts, rows, k, refuses, getattr(task, "is_refusal_answer", None))}
+
+
 def evaluate(model, tokenizer, rows: list[dict], cfg: EvalConfig, show_progress: bool = True,
              samples_path: Path | None = None, verify: Verifier = answer_matches, task=None) -> dict:
     """Evaluate ``model`` on ``rows`` (``prompt``, ``answer``, and what ``verify`` reads, such as a
@@ -111,16 +129,17 @@ def evaluate(model, tokenizer, rows: list[dict], cfg: EvalConfig, show_progress:
     rows = rows[: cfg.num_problems]
     tools = getattr(task, "tools", None)
     checks = dict(well_formatted=task.is_well_formatted, answer_of=task.extract_answer) if tools is not None else {}
-    metrics, texts, greedy = _sampled_and_greedy(model, tokenizer, rows, cfg, show_progress, verify, tools, checks)
+    metrics, texts, greedy = _sampled_and_greedy(model, tokenizer, rows, cfg, show_progress, verify, tools, checks,
+                                                 task)
     if tools is not None and cfg.without_tools:
-        alone, _, _ = _sampled_and_greedy(model, tokenizer, rows, cfg, show_progress, verify, [], checks)
+        alone, _, _ = _sampled_and_greedy(model, tokenizer, rows, cfg, show_progress, verify, [], checks, task)
         metrics.update({f"{key}_without_tools": alone[key] for key in ("pass@1", "greedy_accuracy")})
     if samples_path is not None:
         write_samples(samples_path, rows, texts, greedy, cfg.num_samples)
     return metrics
 
 
-def _sampled_and_greedy(model, tokenizer, rows, cfg: EvalConfig, show_progress: bool, verify, tools, checks):
+def _sampled_and_greedy(model, tokenizer, rows, cfg: EvalConfig, show_progress: bool, verify, tools, checks, task):
     prompts = [r["prompt"] for r in rows]
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(cfg.seed)
@@ -134,7 +153,7 @@ def _sampled_and_greedy(model, tokenizer, rows, cfg: EvalConfig, show_progress: 
     with ProgressReport(f"eval: greedy{label}", len(rows), unit="problem", disable=not show_progress) as bar:
         greedy, _ = sample_texts(model, tokenizer, prompts, 1, greedy_params,
                                  cfg.batch_prompts, generator, lambda n: bar.update(advance=n), tools)
-    metrics = score_problems(texts, greedy, rows, cfg.num_samples, verify, **checks)
+    metrics = score_with_safety(texts, greedy, rows, cfg.num_samples, verify, checks, task)
     metrics["mean_completion_length"] = sum(map(len, completion_ids)) / len(completion_ids)
     return metrics, texts, greedy
 

@@ -3,6 +3,7 @@ default, with a held-out table at the end."""
 
 from __future__ import annotations
 
+import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -14,7 +15,7 @@ from grpokit.config import RunConfig, load_config, write_resolved
 from grpokit.errors import ConfigError
 
 METRICS = ("pass@1", "greedy_accuracy", "maj@k", "pass@k", "format_rate", "mean_completion_length",
-           "reward_model_score", "pass@1_without_tools", "greedy_accuracy_without_tools")
+           "harmful_compliance", "over_refusal", "reward_model_score", "pass@1_without_tools", "greedy_accuracy_without_tools")
 RECIPES = {"r1": "demo.yaml", "agent": "agent.yaml"}  # grpokit demo --recipe NAME
 
 
@@ -40,6 +41,33 @@ def results_table(stages: list[dict]) -> Table:
     return table
 
 
+def judge_results(stages: list[dict]) -> dict | None:
+    """The ``judge`` block of the first rejection-sampling stage that had a judge (None if none)."""
+    for stage in stages:
+        summary = Path(stage["output"]).parent / "summary.json"
+        if stage["type"] == "rejection_sample" and summary.is_file():
+            judge = json.loads(summary.read_text()).get("judge")
+            if judge:
+                return {"stage": stage["name"], **judge}
+    return None
+
+
+def judge_table(judge: dict) -> Table:
+    """What the rejection-sampling judge did: its agreement with the task's labels, and the kept
+    set's unacceptable share with and without it."""
+    table = Table(title=f"{judge['stage']}: the LLM judge ({judge['asked']} completions judged)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("rejected by the judge", str(judge["rejected"]))
+    if "agreement" in judge:
+        table.add_row("precision (approved and acceptable / approved)", f"{judge['agreement']['precision']:.3f}")
+        table.add_row("recall (approved and acceptable / acceptable)", f"{judge['agreement']['recall']:.3f}")
+        for key, label in (("kept_with_judge", "with"), ("kept_without_judge", "without")):
+            kept = judge[key]
+            table.add_row(f"kept set {label} the judge: unacceptable", f"{kept['unacceptable']} / {kept['kept']}")
+    return table
+
+
 def run_demo(cfg: RunConfig, show_progress: bool = True, console: Console | None = None,
              resume: bool = False) -> dict:
     """Run the demo pipeline ``cfg`` (:func:`demo_config`; finished stages are skipped, and with
@@ -56,6 +84,10 @@ def run_demo(cfg: RunConfig, show_progress: bool = True, console: Console | None
     summary = run_pipeline(cfg, show_progress, announce=lambda line: console.print(f"[bold]{line}[/bold]"),
                            resume=resume)
     console.print(results_table(summary["stages"]))
+    judge = judge_results(summary["stages"])
+    if judge:
+        console.print(judge_table(judge))
+        summary["judge"] = judge
     summary.update(seconds=sum(stage.get("seconds") or 0.0 for stage in summary["stages"]),
                    wall_seconds=time.perf_counter() - started, k=cfg.eval.num_samples,
                    num_problems=cfg.eval.num_problems)

@@ -1,8 +1,8 @@
 """`grpokit pipeline`: the stages of a recipe (e.g. DeepSeek-R1's) run in order.
 
 Each stage is a :class:`grpokit.config.StageSpec`: a type (sft, grpo, ppo, rejection_sample,
-rm), the model it starts from (``init``: the previous policy, the base, or a named stage), and
-run-config overrides for that stage alone. A stage writes to ``output_dir/<name>``; when it
+rm, judge: SFT of a generative judge on judgements), the model it starts from (``init``: the
+previous policy, the base, or a named stage), and run-config overrides for that stage alone. A stage writes to ``output_dir/<name>``; when it
 finishes, ``pipeline_state.json`` records its output and held-out evaluation, so starting the
 pipeline again skips it. With ``resume`` an unfinished training stage continues from its latest
 checkpoint instead of starting over. Policy stages are evaluated on the held-out problems; with
@@ -25,7 +25,9 @@ from typing import Any, Callable
 from grpokit.config import RunConfig, StageSpec, validate
 from grpokit.errors import ConfigError, StageStopped
 from grpokit.parallel.ranks import local_only, main_first, ranks, setup
-from grpokit.recipes.stages import base_model, resume_point, run_eval, run_grpo, run_ppo, run_rm, run_sample, run_sft
+from grpokit.recipes.stages import (base_model, resume_point, run_eval, run_grpo, run_judge, run_ppo, run_rm,
+                                    run_sample, run_sft)
+from grpokit.rewards.judge import close_shared_judges
 
 POLICY_STAGES = ("sft", "grpo", "ppo")
 DISTRIBUTED_STAGES = ("sft", "grpo")  # run on every process under torchrun
@@ -37,7 +39,7 @@ BASE = "base"  # the starting model's entry in the state, with pipeline.evaluate
 # stage type -> (runner, the config section whose output_dir the stage owns)
 RUNNERS: dict[str, tuple[Callable[..., Path], str]] = {
     "sft": (run_sft, "sft"), "grpo": (run_grpo, "grpo"), "ppo": (run_ppo, "ppo"),
-    "rejection_sample": (run_sample, "sample"), "rm": (run_rm, "rm"),
+    "rejection_sample": (run_sample, "sample"), "rm": (run_rm, "rm"), "judge": (run_judge, "sft"),
 }
 
 
@@ -56,19 +58,24 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
-def substitute(value: Any, outputs: dict[str, str], where: str) -> Any:
-    """Replace ``${stage}`` in every string of ``value`` with that finished stage's output.
+def substitute(value: Any, outputs: dict[str, str], where: str, later: tuple[str, ...] = ()) -> Any:
+    """Replace ``${stage}`` in every string of ``value`` with that finished stage's output; a
+    string naming one of the ``later`` stages is left for the stages after it.
 
     >>> substitute({"path": "${rm}", "w": [1, "x"]}, {"rm": "runs/p/rm/model"}, "stage 'g'")
     {'path': 'runs/p/rm/model', 'w': [1, 'x']}
+    >>> substitute("${judge}", {}, "config", later=("judge",))
+    '${judge}'
     """
     if isinstance(value, dict):
-        return {k: substitute(v, outputs, where) for k, v in value.items()}
+        return {k: substitute(v, outputs, where, later) for k, v in value.items()}
     if isinstance(value, list):
-        return [substitute(v, outputs, where) for v in value]
+        return [substitute(v, outputs, where, later) for v in value]
     if isinstance(value, str) and "${" in value:
         for name, output in outputs.items():
             value = value.replace("${" + name + "}", output)
+        if any("${" + name + "}" in value for name in later):
+            return value
         if "${" in value:
             raise ConfigError(f"pipeline {where}: {value!r} names a stage that has not run before it; "
                              f"finished stages: {', '.join(outputs) or 'none'}")
@@ -96,7 +103,9 @@ def check_stages(stages: list[StageSpec]) -> None:
 
 def stage_config(cfg: RunConfig, spec: StageSpec, outputs: dict[str, str], stage_dir: Path) -> RunConfig:
     """The run config a stage sees: overrides merged in, its section writing to ``stage_dir``."""
-    tree = deep_merge(cfg.model_dump(), substitute(spec.overrides, outputs, f"stage {spec.name!r}"))
+    later = tuple(stage.name for stage in cfg.pipeline.stages if stage.name not in outputs)
+    tree = deep_merge(substitute(cfg.model_dump(), outputs, "the top-level config", later),
+                      substitute(spec.overrides, outputs, f"stage {spec.name!r}"))
     tree[RUNNERS[spec.type][1]]["output_dir"] = str(stage_dir)
     if spec.data_from:
         tree["data"] = {**tree["data"], "path": outputs[spec.data_from], "format": "none"}
@@ -162,8 +171,11 @@ def run_stage(cfg: RunConfig, spec: StageSpec, state: dict[str, dict], init: Pat
     return the new state."""
     outputs = {name: done["output"] for name, done in state.items()}
     stage_cfg, started = stage_config(cfg, spec, outputs, out / spec.name), time.perf_counter()
-    with nullcontext() if spec.type in DISTRIBUTED_STAGES else local_only():
-        result = RUNNERS[spec.type][0](stage_cfg, init, show_progress, resume)
+    try:
+        with nullcontext() if spec.type in DISTRIBUTED_STAGES else local_only():
+            result = RUNNERS[spec.type][0](stage_cfg, init, show_progress, resume)
+    finally:
+        close_shared_judges()  # a served judge lives as long as its stage
     if not ranks().is_main:
         return state
     halt_if_stopped(out / spec.name, spec.name)

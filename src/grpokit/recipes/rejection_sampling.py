@@ -6,7 +6,8 @@ is not empty and
 1. every verifier passes: each reward named in ``min_rewards`` is at least its threshold (a
    reward that returns None, "not applicable", does not block);
 2. the optional LLM judge gives it at least ``judge_min_score`` (asked only about completions
-   that passed the verifiers);
+   that passed the verifiers; a completion it could not score is kept under ``on_error: none``
+   and rejected under ``zero``, and counted either way);
 3. it is not an exact or near duplicate of a completion already kept for that prompt
    (character 3-gram Jaccard similarity ≥ ``near_duplicate_threshold``);
 4. fewer than ``max_per_prompt`` completions of that prompt were kept before it.
@@ -14,12 +15,19 @@ is not empty and
 The kept rows form an SFT set (``sft.jsonl``: ``prompt``, ``completion``, the dataset's other
 columns, and ``provenance``: source model, sample index, rewards, judge verdict) and
 ``summary.json`` reports acceptance overall, per rejection reason, and per prompt difficulty.
+
+With a judge and a ``judge_label`` (what the judge should say, known to the task but never
+shown to the judge), the summary adds the judge's agreement on the completions it judged (the
+policy's own samples; the demo's judge was trained on a teacher's completions): precision (approved and truly acceptable / approved) and recall
+(approved and truly acceptable / truly acceptable); and it counts the unacceptable share of the
+kept set with and without the judge, the same selection run twice.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -27,13 +35,16 @@ import torch
 
 from grpokit.config import SampleConfig
 from grpokit.data import extra_columns, validate_prompt_rows
-from grpokit.errors import ConfigError
+from grpokit.errors import ConfigError, JudgeError
 from grpokit.evaluation.evaluate import sample_texts
 from grpokit.models import load_model, load_tokenizer, pick_device
 from grpokit.progress import ProgressReport
 from grpokit.rewards import RewardBatch, resolve_reward, reward_name, score_completions
 from grpokit.sampling.sampler import SamplingParams
 from grpokit.monitoring.summary import write_summary
+
+
+JUDGE_CHUNK = 64  # completions per judge batch (the progress bar's step)
 
 
 def shingles(text: str, n: int = 3) -> set[str]:
@@ -96,7 +107,7 @@ def select(candidates: list[dict], cfg: SampleConfig) -> tuple[list[dict], Count
             reasons["empty"] += 1
         elif not passes_verifiers(cand["rewards"], cfg.min_rewards):
             reasons["verifier"] += 1
-        elif cand.get("judge") is not None and not _judge_passes(cand["judge"], cfg.judge_min_score):
+        elif cand.get("judge") is not None and not _judge_passes(cand["judge"], cfg):
             reasons["judge"] += 1
         elif any(jaccard(shingles(cand["completion"]), s) >= cfg.near_duplicate_threshold for s in seen):
             reasons["duplicate"] += 1
@@ -108,8 +119,24 @@ def select(candidates: list[dict], cfg: SampleConfig) -> tuple[list[dict], Count
     return kept, reasons
 
 
-def _judge_passes(verdict: dict, minimum: float) -> bool:
-    return verdict.get("score") is not None and verdict["score"] >= minimum
+def _judge_passes(verdict: dict, cfg: SampleConfig) -> bool:
+    """Approved by the judge; an unscored completion passes only under ``on_error: none``."""
+    if verdict.get("score") is None:
+        return cfg.judge is not None and cfg.judge.on_error == "none"
+    return verdict["score"] >= cfg.judge_min_score
+
+
+def agreement(approved: list[bool], acceptable: list[bool]) -> dict:
+    """The judge's precision and recall against the true labels (approval is the positive call).
+
+    >>> agreement([True, True, False, False], [True, False, True, False])
+    {'judged': 4, 'approved': 2, 'acceptable': 2, 'precision': 0.5, 'recall': 0.5, 'accuracy': 0.5}
+    """
+    hits = sum(a and t for a, t in zip(approved, acceptable))
+    return {"judged": len(approved), "approved": sum(approved), "acceptable": sum(acceptable),
+            "precision": hits / sum(approved) if any(approved) else 0.0,
+            "recall": hits / sum(acceptable) if any(acceptable) else 0.0,
+            "accuracy": sum(a == t for a, t in zip(approved, acceptable)) / len(approved) if approved else 0.0}
 
 
 def check_thresholds(min_rewards: dict[str, float], names: list[str]) -> None:
@@ -121,10 +148,11 @@ def check_thresholds(min_rewards: dict[str, float], names: list[str]) -> None:
 
 
 def rejection_sample(model_dir: str | Path, rows: list[dict], reward_specs: list, cfg: SampleConfig,
-                     show_progress: bool = True) -> dict:
+                     show_progress: bool = True, judge_label=None) -> dict:
     """Sample, verify, judge, deduplicate and cap; write ``sft.jsonl`` and ``summary.json``.
 
-    Returns the summary (also written to ``cfg.output_dir/summary.json``).
+    ``judge_label(completion, row) -> bool`` is the truth the judge is measured against (see the
+    module docstring). Returns the summary (also written to ``cfg.output_dir/summary.json``).
     """
     rows = validate_prompt_rows(rows, "sample dataset")[: cfg.num_prompts]
     funcs = [resolve_reward(spec) for spec in reward_specs]
@@ -140,9 +168,12 @@ def rejection_sample(model_dir: str | Path, rows: list[dict], reward_specs: list
     columns = {c: [r.get(c) for r in rows] for c in extra_columns(rows)}
     scores = score_completions(funcs, [r["prompt"] for r in rows], texts, ids, columns)
     candidates = _candidates(rows, texts, scores, k)
-    if cfg.judge:
-        _attach_verdicts(rows, candidates, cfg)
-    return _write(model_dir, rows, candidates, cfg)
+    judging = _attach_verdicts(rows, candidates, cfg, show_progress) if cfg.judge else {}
+    summary = _write(model_dir, rows, candidates, cfg, judging)
+    if cfg.judge and judge_label is not None:
+        summary["judge"].update(_judge_quality(rows, candidates, cfg, judge_label))
+        write_summary(Path(cfg.output_dir), summary)
+    return summary
 
 
 def _candidates(rows: list[dict], texts: list[str], scores: RewardBatch, k: int) -> list[list[dict]]:
@@ -153,23 +184,57 @@ def _candidates(rows: list[dict], texts: list[str], scores: RewardBatch, k: int)
              for j in range(k)] for i in range(len(rows))]
 
 
-def _attach_verdicts(rows: list[dict], candidates: list[list[dict]], cfg: SampleConfig) -> None:
-    """Ask the judge about every completion that passed the verifiers."""
+def _attach_verdicts(rows: list[dict], candidates: list[list[dict]], cfg: SampleConfig,
+                     show_progress: bool) -> dict:
+    """Ask the judge about every completion that passed the verifiers (identical ones once);
+    return what judging took: requests, errors, seconds."""
     from grpokit.rewards.judge import LLMJudge
 
     passing = [(row, c) for row, group in zip(rows, candidates) for c in group
                if passes_verifiers(c["rewards"], cfg.min_rewards)]
+    started = time.perf_counter()
     if not passing:
-        return
-    with LLMJudge(cfg.judge) as judge:
-        verdicts = judge.verdicts([row["prompt"] for row, _ in passing],
-                                  [c["completion"] for _, c in passing],
-                                  answer=[row.get("answer") for row, _ in passing])
+        return {"asked": 0, "errors": 0, "seconds": 0.0}
+    with LLMJudge(cfg.judge, server_log=Path(cfg.output_dir) / "judge_server.log") as judge, \
+            ProgressReport("judge", len(passing), status=judge.base_url, unit="completion",
+                           disable=not show_progress) as bar:
+        verdicts = []
+        for start in range(0, len(passing), JUDGE_CHUNK):
+            chunk = passing[start : start + JUDGE_CHUNK]
+            verdicts += judge.verdicts([row["prompt"] for row, _ in chunk], [c["completion"] for _, c in chunk],
+                                       answer=[row.get("answer") for row, _ in chunk])
+            bar.update(advance=len(chunk))
     for (_, cand), verdict in zip(passing, verdicts):
         cand["judge"] = {"score": verdict["score"], "error": verdict["error"]}
+    errors = [v["error"] for v in verdicts if v["error"] is not None]
+    if errors and cfg.judge.on_error == "raise":
+        raise JudgeError(f"sample.judge: {len(errors)} of {len(verdicts)} completions got no score "
+                         f"(on_error: raise); first: {errors[0]}")
+    return {"asked": len(verdicts), "errors": len(errors), "first_error": errors[0] if errors else None,
+            "seconds": time.perf_counter() - started}
 
 
-def _write(model_dir, rows: list[dict], candidates: list[list[dict]], cfg: SampleConfig) -> dict:
+def _judge_quality(rows: list[dict], candidates: list[list[dict]], cfg: SampleConfig, label) -> dict:
+    """Agreement with the true labels, and the kept set's unacceptable share with and without
+    the judge (see the module docstring)."""
+    judged = [(row, c) for row, group in zip(rows, candidates) for c in group
+              if c.get("judge") and c["judge"]["score"] is not None]
+    quality = {"agreement": agreement([_judge_passes(c["judge"], cfg) for _, c in judged],
+                                      [bool(label(c["completion"], row)) for row, c in judged])}
+    unjudged = cfg.model_copy(update={"judge": None})
+    for name, settings, strip in (("kept_with_judge", cfg, False), ("kept_without_judge", unjudged, True)):
+        kept = [(row, c) for row, group in zip(rows, candidates)
+                for c in select([_without_verdict(c) for c in group] if strip else group, settings)[0]]
+        bad = sum(not label(c["completion"], row) for row, c in kept)
+        quality[name] = {"kept": len(kept), "unacceptable": bad, "unacceptable_rate": bad / len(kept) if kept else 0.0}
+    return quality
+
+
+def _without_verdict(candidate: dict) -> dict:
+    return {key: value for key, value in candidate.items() if key != "judge"}
+
+
+def _write(model_dir, rows: list[dict], candidates: list[list[dict]], cfg: SampleConfig, judging: dict) -> dict:
     """Select per prompt, then write sft.jsonl atomically and the acceptance summary."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,5 +266,9 @@ def _write(model_dir, rows: list[dict], candidates: list[list[dict]], cfg: Sampl
         "acceptance_by_difficulty": {b: {"kept": kept, "sampled": n, "rate": kept / n}
                                      for b, (kept, n) in sorted(by_difficulty.items())},
     }
+    if cfg.judge:
+        summary["judge"] = {"server": cfg.judge.base_url or f"transformers serve {cfg.judge.serve}",
+                            "model": cfg.judge.model or cfg.judge.serve, "rejected": reasons.get("judge", 0),
+                            "on_error": cfg.judge.on_error, **judging}
     write_summary(out, summary)
     return summary

@@ -1,5 +1,5 @@
 """Each stage of a run as a function of the run config: base model, SFT, GRPO, PPO, rejection
-sampling, reward-model training, evaluation.
+sampling, reward-model training, judge training, evaluation.
 
 SFT and GRPO run on every process under torchrun (rank 0 writes the files); the other stages
 run on one. The training stages take ``resume``: continue from the latest complete checkpoint in the stage's
@@ -13,6 +13,7 @@ from rich import get_console
 
 from grpokit.trainers.checkpoints import latest_valid_checkpoint
 from grpokit.config import MonitorConfig, RunConfig, write_resolved
+from grpokit.config.judge_settings import DEFAULT_RUBRIC
 from grpokit.data import load_rows, prompt_key, to_prompt_rows, validate_prompt_rows
 from grpokit.parallel.ranks import ranks
 from grpokit.errors import ConfigError, DatasetError
@@ -152,13 +153,39 @@ def run_rm(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, re
 
 def run_sample(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:
     """Rejection-sample training prompts with ``model_dir``; returns the SFT set's path
-    (``resume`` is accepted for a uniform signature: sampling has no checkpoints)."""
+    (``resume`` is accepted for a uniform signature: sampling has no checkpoints). A built-in
+    task's ``judge_label`` measures the judge's agreement."""
     write_resolved(cfg, cfg.sample.output_dir, RUN_CONFIG)
-    summary = rejection_sample(model_dir, train_rows(cfg, False), rewards(cfg), cfg.sample, show_progress)
+    label = getattr(task(cfg), "judge_label", None) if cfg.data.task and not cfg.data.path else None
+    summary = rejection_sample(model_dir, train_rows(cfg, False), rewards(cfg), cfg.sample, show_progress, label)
     if summary["kept"] == 0:
         raise ConfigError(f"rejection sampling kept none of its {summary['sampled']} samples (rejected by: "
                          f"{summary['rejected_by']}); loosen sample.min_rewards or sample from a better model")
     return Path(summary["data_path"])
+
+
+def judgement_rows(cfg: RunConfig) -> list[dict]:
+    """A judge's SFT rows: ``data.path`` (prompt: the rubric filled in, completion: the verdict),
+    or the task's ``judgement_rows`` rendered with ``sample.judge.rubric`` (the rubric it will
+    be asked with), held-out prompts excluded."""
+    if cfg.data.path:
+        return read_rows(cfg, "path")
+    make = getattr(task(cfg), "judgement_rows", None)
+    if make is None:
+        raise ConfigError(f"a judge stage needs judgements: data.task {cfg.data.task!r} writes none; give "
+                          f"data.path rows with prompt (the filled-in rubric) and completion (the verdict)")
+    rubric = cfg.sample.judge.rubric if cfg.sample.judge else DEFAULT_RUBRIC
+    held_out = {prompt_key(r["prompt"]) for r in test_rows(cfg)}
+    return make(cfg.data.num_train, seed=cfg.data.seed, rubric=rubric, exclude=held_out)
+
+
+def run_judge(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, resume: bool = False) -> Path:
+    """Fine-tune ``model_dir`` into a generative judge (SFT on judgements, ``sft`` settings);
+    returns its directory, which ``sample.judge.serve: ${stage}`` serves."""
+    if ranks().is_main:
+        write_resolved(cfg, cfg.sft.output_dir, RUN_CONFIG)
+    trainer = SFTTrainer(model=str(model_dir), args=cfg.sft, train_dataset=judgement_rows(cfg))
+    return Path(trainer.train(show_progress, resume_point(cfg.sft.output_dir, resume))["model_dir"])
 
 
 def run_eval(cfg: RunConfig, model_dir: str | Path, output_dir: str | Path,
@@ -170,6 +197,6 @@ def run_eval(cfg: RunConfig, model_dir: str | Path, output_dir: str | Path,
     model = load_model(model_dir, pick_device(cfg.eval.device))
     metrics = evaluate(model, load_tokenizer(model_dir), test_rows(cfg), cfg.eval, show_progress,
                        samples_path=out / "samples.jsonl", verify=verifier(cfg),
-                       task=task(cfg) if task_tools(cfg) else None)
+                       task=task(cfg) if cfg.data.task and not cfg.data.test_path else None)
     write_summary(out, {"stage": "eval", "model_dir": str(model_dir), "eval": metrics})
     return metrics

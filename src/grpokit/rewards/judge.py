@@ -13,13 +13,16 @@ repeated sample costs nothing. In a YAML config::
         api_key_env: JUDGE_API_KEY        # the variable's NAME; the key never goes in a config
         cache_path: runs/judge_cache.sqlite
 
+or, with ``serve: path/to/model_dir`` instead of ``base_url``, grpokit serves a local model itself
+(:mod:`grpokit.serving.model_server`) for as long as the judge is used.
+
 A sample whose judge request fails after its retries, or whose reply holds no number, gets the
 ``on_error`` reward: None (the reward does not apply), 0.0, or an exception.
 """
 
 from __future__ import annotations
 
-import functools
+import atexit
 import hashlib
 import http.client
 import json
@@ -30,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Sequence
 
 from grpokit.config import validate
@@ -39,11 +43,13 @@ from grpokit.parallel.ranks import ranks
 from grpokit.rewards.judge_cache import ReplyCache
 from grpokit.answers import completion_text
 from grpokit.rewards.lookup import register_reward
+from grpokit.serving.model_server import ModelServer
 
 __all__ = [
     "JudgeError",
     "LLMJudge",
     "backoff_delay",
+    "close_shared_judges",
     "judge_for_config",
     "judge_reward",
     "normalise_score",
@@ -152,11 +158,17 @@ class LLMJudge:
     call :meth:`close`, to stop its threads and close its cache.
     """
 
-    def __init__(self, config: JudgeConfig | dict[str, Any]):
+    def __init__(self, config: JudgeConfig | dict[str, Any], server_log: str | Path | None = None):
         self.config = config if isinstance(config, JudgeConfig) else validate(JudgeConfig, dict(config), "judge")
         self.__name__ = "judge"
-        self._url = f"{self.config.base_url}/chat/completions"
         self._api_key = _read_api_key(self.config.api_key_env)
+        self._server = None
+        if self.config.serve:  # its own server, for the judge's lifetime
+            self._server = ModelServer(self.config.serve, self.config.serve_device, server_log)
+            self._server.start()
+            self.config = self.config.model_copy(update={"model": self.config.model or self._server.model})
+        self.base_url = self._server.base_url if self._server else self.config.base_url
+        self._url = f"{self.base_url}/chat/completions"
         self._headers = {"Content-Type": "application/json"}
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
@@ -173,7 +185,7 @@ class LLMJudge:
         return self._pool
 
     def __repr__(self) -> str:
-        return f"LLMJudge(model={self.config.model!r}, base_url={self.config.base_url!r})"
+        return f"LLMJudge(model={self.config.model!r}, base_url={self.base_url!r})"
 
     def __enter__(self) -> "LLMJudge":
         return self
@@ -182,11 +194,17 @@ class LLMJudge:
         self.close()
 
     def close(self) -> None:
-        """Wait for running requests, stop the threads and close the cache."""
+        """Wait for running requests, stop the threads, close the cache and stop the served model
+        (with ``serve``); safe to call twice."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+            self._pool = None
         if self._cache is not None:
             self._cache.close()
+            self._cache = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float | None]:
         """Rewards in [0, 1], one per completion; unscored samples follow ``on_error``."""
@@ -305,18 +323,28 @@ def _read_api_key(env_name: str | None) -> str | None:
 # ------------------------------------------------------------------------------ registry
 
 
-@functools.cache
-def _judge_for_json(config_json: str) -> LLMJudge:
-    return LLMJudge(JudgeConfig.model_validate_json(config_json))
+_SHARED_JUDGES: dict[str, LLMJudge] = {}
 
 
 def judge_for_config(config: JudgeConfig) -> LLMJudge:
-    """One shared :class:`LLMJudge` per distinct config, so its threads and cache live across steps."""
-    return _judge_for_json(config.model_dump_json())
+    """One shared :class:`LLMJudge` per distinct config, so its threads, cache and served model
+    live across steps (until :func:`close_shared_judges`)."""
+    key = config.model_dump_json()
+    if key not in _SHARED_JUDGES:
+        _SHARED_JUDGES[key] = LLMJudge(config)
+    return _SHARED_JUDGES[key]
+
+
+@atexit.register
+def close_shared_judges() -> None:
+    """Close the judges the ``judge`` reward built (stopping their served models): called when
+    a pipeline stage ends, and at exit."""
+    while _SHARED_JUDGES:
+        _SHARED_JUDGES.popitem()[1].close()
 
 
 @register_reward("judge")
-def judge_reward(prompts, completions, *, base_url: str, model: str, **kwargs) -> list[float | None]:
+def judge_reward(prompts, completions, **kwargs) -> list[float | None]:
     """The ``judge`` reward for YAML configs: :class:`JudgeConfig` keys as keywords.
 
     Keywords that are :class:`JudgeConfig` fields configure the judge; the rest (TRL's
@@ -324,8 +352,7 @@ def judge_reward(prompts, completions, *, base_url: str, model: str, **kwargs) -
     call. Each distinct configuration builds one judge, reused on every later call.
     """
     options = {key: kwargs.pop(key) for key in list(kwargs) if key in JudgeConfig.model_fields}
-    judge = judge_for_config(validate(JudgeConfig, {"base_url": base_url, "model": model, **options},
-                                      "reward 'judge'"))
+    judge = judge_for_config(validate(JudgeConfig, options, "reward 'judge'"))
     return judge(prompts, completions, **kwargs)
 
 

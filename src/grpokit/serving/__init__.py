@@ -1,0 +1,1 @@
+"""Model servers the pipeline starts for its stages (the LLM judge of rejection sampling)."""
