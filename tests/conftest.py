@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models (CPU, no downloads) and the real SmolLM2 converted once per session."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,26 @@ def forward_and_sampled_logprobs(model, episode):
 def episode_logprobs():
     """``episode_logprobs(model, episode)``: see :func:`forward_and_sampled_logprobs`."""
     return forward_and_sampled_logprobs
+
+
+@pytest.fixture
+def served_processes():
+    """A function: pids of live ``transformers serve`` processes whose command line names a
+    model directory (a served judge left behind would show up here)."""
+    def find(model_dir) -> list[int]:
+        """Pids of live processes whose command line names ``model_dir`` (the served judge)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        cmdline = f.read().decode(errors="replace")
+                    with open(f"/proc/{entry}/stat") as f:
+                        zombie = f.read().split(") ")[-1].startswith("Z")
+                except OSError:
+                    continue
+                if str(model_dir) in cmdline and "transformers" in cmdline and "serve" in cmdline and not zombie:
+                    pids.append(int(entry))
+        return pids
+
+    return find

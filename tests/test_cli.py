@@ -80,7 +80,7 @@ def test_out_of_range_value_names_the_key_and_where_it_was_set(tmp_path, toy_con
 
 
 @pytest.mark.slow
-def test_demo_writes_stage_results_through_the_installed_entry_point(tmp_path):
+def test_demo_writes_stage_results_through_the_installed_entry_point(tmp_path, served_processes):
     out = tmp_path / "demo"
     overrides = ["sft.max_steps=3", "grpo.max_steps=1", "grpo.prompts_per_step=2",
                  "data.num_train=32", "data.num_test=3", "eval.num_problems=3",
@@ -103,3 +103,4 @@ def test_demo_writes_stage_results_through_the_installed_entry_point(tmp_path):
                                           "over_refusal"}
     assert summary["judge"]["stage"] == "sample" and summary["judge"]["server"].startswith("transformers serve")
     assert set(summary["judge"]["agreement"]) >= {"precision", "recall"}
+    assert served_processes(out / "judge") == []  # the pipeline stopped the judge it served

@@ -153,23 +153,6 @@ def test_server_error_follows_on_error(serve_url, models):
 # --------------------------------------------------- a judge the pipeline serves itself
 
 
-def served_processes(model_dir) -> list[int]:
-    """Pids of live processes whose command line names ``model_dir`` (the served judge)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read().decode(errors="replace")
-                with open(f"/proc/{entry}/stat") as f:
-                    zombie = f.read().split(") ")[-1].startswith("Z")
-            except OSError:
-                continue
-            if str(model_dir) in cmdline and "transformers" in cmdline and "serve" in cmdline and not zombie:
-                pids.append(int(entry))
-    return pids
-
-
 def sample_config(tmp_path, judge: dict, **settings):
     from grpokit.config import SampleConfig
 
@@ -177,7 +160,7 @@ def sample_config(tmp_path, judge: dict, **settings):
                         min_rewards={}, judge_min_score=0.5, judge=judge, **settings)
 
 
-def test_served_judge_starts_scores_and_stops_with_the_stage(models, tmp_path):
+def test_served_judge_starts_scores_and_stops_with_the_stage(models, tmp_path, served_processes):
     from grpokit.recipes.rejection_sampling import rejection_sample
 
     scripted = build_scripted_judge(tmp_path / "says7")
@@ -192,7 +175,7 @@ def test_served_judge_starts_scores_and_stops_with_the_stage(models, tmp_path):
     assert served_processes(scripted) == []
 
 
-def test_a_failing_stage_stops_its_served_judge(models, tmp_path):
+def test_a_failing_stage_stops_its_served_judge(models, tmp_path, served_processes):
     from grpokit.errors import JudgeError
     from grpokit.recipes.rejection_sampling import rejection_sample
 
@@ -206,7 +189,7 @@ def test_a_failing_stage_stops_its_served_judge(models, tmp_path):
     assert not (tmp_path / "sample" / "sft.jsonl").exists()  # nothing half-written
 
 
-def test_ctrl_c_stops_the_served_judge(tmp_path):
+def test_ctrl_c_stops_the_served_judge(tmp_path, served_processes):
     scripted = build_scripted_judge(tmp_path / "judge")
     script = ("import time\nfrom grpokit.rewards.judge import LLMJudge\n"
               f"with LLMJudge({{'serve': {str(scripted)!r}, 'serve_device': 'cpu'}}) as judge:\n"
@@ -226,7 +209,7 @@ def test_ctrl_c_stops_the_served_judge(tmp_path):
     assert served_processes(scripted) == []
 
 
-def test_a_judge_model_that_cannot_load_gives_a_clear_error(tmp_path):
+def test_a_judge_model_that_cannot_load_gives_a_clear_error(tmp_path, served_processes):
     from grpokit.errors import JudgeError
     from grpokit.serving.model_server import ModelServer
 

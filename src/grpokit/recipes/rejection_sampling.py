@@ -41,6 +41,7 @@ from grpokit.models import load_model, load_tokenizer, pick_device
 from grpokit.progress import ProgressReport
 from grpokit.rewards import RewardBatch, resolve_reward, reward_name, score_completions
 from grpokit.sampling.sampler import SamplingParams
+from grpokit.serving.model_server import check_servable
 from grpokit.monitoring.summary import write_summary
 
 
@@ -157,6 +158,8 @@ def rejection_sample(model_dir: str | Path, rows: list[dict], reward_specs: list
     rows = validate_prompt_rows(rows, "sample dataset")[: cfg.num_prompts]
     funcs = [resolve_reward(spec) for spec in reward_specs]
     check_thresholds(cfg.min_rewards, [reward_name(f) for f in funcs])
+    if cfg.judge and cfg.judge.serve:
+        check_servable(cfg.judge.serve)  # before the sampling, not after it
     device = pick_device(cfg.device)
     model, tokenizer = load_model(model_dir, device), load_tokenizer(model_dir)
     generator = torch.Generator(device).manual_seed(cfg.seed)

@@ -65,6 +65,15 @@ def check_serving_installed() -> None:
                                      f"pip install 'transformers[serving]'")
 
 
+def check_servable(model_dir: str | Path) -> None:
+    """Fail before any work when ``model_dir`` cannot be served: not a model directory, or
+    FastAPI / Uvicorn missing."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise JudgeError(f"judge serve: {model_dir} is not a model directory (no config.json); "
+                         f"expected a directory written by save_pretrained")
+    check_serving_installed()
+
+
 class ModelServer:
     """``transformers serve`` for one model directory, on a free loopback port (see the module
     docstring). ``base_url`` is the OpenAI API root; ``model`` the name to send in requests."""
@@ -93,10 +102,7 @@ class ModelServer:
     def start(self) -> None:
         """Start the process and wait until it is healthy; on failure it is stopped and the
         error quotes its log."""
-        if not (self.model_dir / "config.json").is_file():
-            raise JudgeError(f"judge serve: {self.model_dir} is not a model directory (no config.json); "
-                             f"expected a directory written by save_pretrained")
-        check_serving_installed()
+        check_servable(self.model_dir)
         if self._log_path is None:
             handle, name = tempfile.mkstemp(prefix="grpokit-serve-", suffix=".log")
             os.close(handle)
