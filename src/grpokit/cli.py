@@ -174,9 +174,10 @@ def demo(
     recipe: str = typer.Option("r1", help="r1: the DeepSeek-R1 recipe on digit sums; agent: a tool-using "
                                "agent (multiplication with a calculator tool), SFT then multi-turn GRPO."),
 ) -> None:
-    """The R1 recipe on the embedded default (digit sums): SFT, GRPO, rejection sampling, SFT,
-    reward model, GRPO with the reward model; held-out results of every stage. With --recipe
-    agent: a tool-using agent, with and without its tool."""
+    """The R1 recipe on the embedded default (digit sums, harmful requests mixed in): SFT, GRPO,
+    a judge, rejection sampling with the served judge, SFT, a harmlessness reward model, GRPO for
+    helpfulness and harmlessness; held-out results of every stage. With --recipe agent: a
+    tool-using agent, with and without its tool."""
     from grpokit.recipes.demo import demo_config, run_demo
 
     default_dir = Path("runs/agent" if recipe == "agent" else "runs/demo")
