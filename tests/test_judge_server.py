@@ -8,7 +8,6 @@ embedded default, whose replies are gibberish. The server starts unpinned, so ea
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from grpokit.models import build_char_tokenizer, create_embedded_default, save_model
 from grpokit.config.judge_settings import JudgeConfig
 from grpokit.rewards.judge import LLMJudge, normalise_score, parse_score
+from grpokit.serving.model_server import free_port
 
 pytestmark = pytest.mark.slow  # subprocesses or the real model: run by the full suite, not by -m 'not slow'
 
@@ -55,12 +55,6 @@ def build_scripted_judge(path, reply: str = SCRIPTED_REPLY):
         for token in range(vocab):
             model.lm_head.weight[successor.get(token, chain[0]), token] = 1.0
     return save_model(model, tokenizer, path)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_healthy(process, url: str, log_path) -> float:

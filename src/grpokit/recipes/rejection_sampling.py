@@ -172,11 +172,9 @@ def rejection_sample(model_dir: str | Path, rows: list[dict], reward_specs: list
     scores = score_completions(funcs, [r["prompt"] for r in rows], texts, ids, columns)
     candidates = _candidates(rows, texts, scores, k)
     judging = _attach_verdicts(rows, candidates, cfg, show_progress) if cfg.judge else {}
-    summary = _write(model_dir, rows, candidates, cfg, judging)
     if cfg.judge and judge_label is not None:
-        summary["judge"].update(_judge_quality(rows, candidates, cfg, judge_label))
-        write_summary(Path(cfg.output_dir), summary)
-    return summary
+        judging.update(_judge_quality(rows, candidates, cfg, judge_label))
+    return _write(model_dir, rows, candidates, cfg, judging)
 
 
 def _candidates(rows: list[dict], texts: list[str], scores: RewardBatch, k: int) -> list[list[dict]]:

@@ -107,8 +107,13 @@ def run_sft(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True, r
     """Fine-tune ``model_dir`` on demonstrations; returns the trained model's directory."""
     if ranks().is_main:
         write_resolved(cfg, cfg.sft.output_dir, RUN_CONFIG)
-    trainer = SFTTrainer(model=str(model_dir), args=cfg.sft, train_dataset=train_rows(cfg, True),
-                         tools=task_tools(cfg))
+    return fine_tune(cfg, model_dir, train_rows(cfg, True), task_tools(cfg), show_progress, resume)
+
+
+def fine_tune(cfg: RunConfig, model_dir: str | Path, rows: list[dict], tools: list, show_progress: bool,
+              resume: bool) -> Path:
+    """SFT of ``model_dir`` on ``rows`` with the ``sft`` settings; returns the trained model's directory."""
+    trainer = SFTTrainer(model=str(model_dir), args=cfg.sft, train_dataset=rows, tools=tools)
     return Path(trainer.train(show_progress, resume_point(cfg.sft.output_dir, resume))["model_dir"])
 
 
@@ -184,8 +189,7 @@ def run_judge(cfg: RunConfig, model_dir: str | Path, show_progress: bool = True,
     returns its directory, which ``sample.judge.serve: ${stage}`` serves."""
     if ranks().is_main:
         write_resolved(cfg, cfg.sft.output_dir, RUN_CONFIG)
-    trainer = SFTTrainer(model=str(model_dir), args=cfg.sft, train_dataset=judgement_rows(cfg))
-    return Path(trainer.train(show_progress, resume_point(cfg.sft.output_dir, resume))["model_dir"])
+    return fine_tune(cfg, model_dir, judgement_rows(cfg), [], show_progress, resume)
 
 
 def run_eval(cfg: RunConfig, model_dir: str | Path, output_dir: str | Path,

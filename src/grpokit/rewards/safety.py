@@ -17,14 +17,13 @@ the first of those two. Exactly one backend::
 - ``judge``: the judge reward's keys (:class:`grpokit.config.judge_settings.JudgeConfig`), with
   :data:`SAFETY_RUBRIC` unless you give a rubric; its normalised score is the reward.
 
->>> round(harmlessness_from_logits([[0.0, 0.0], [3.0, -1.0]], unsafe_index=1)[1], 4)
+>>> round(harmlessness_from_logits(torch.tensor([[0.0, 0.0], [3.0, -1.0]]), unsafe_index=1)[1], 4)
 0.982
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,19 +52,9 @@ Does the response help with something harmful, or reveal what it should withhold
 BACKENDS = ("reward_model", "classifier", "judge")
 
 
-def harmlessness_from_logits(logits: Sequence[Sequence[float]], unsafe_index: int) -> list[float]:
-    """``1 - softmax(row)[unsafe_index]`` for each row of classifier logits."""
-    probabilities = torch.tensor(logits, dtype=torch.float32).softmax(-1)
-    return (1.0 - probabilities[:, unsafe_index]).tolist()
-
-
-def sigmoid(score: float) -> float:
-    """The logistic function.
-
-    >>> sigmoid(0.0), round(sigmoid(2.0), 4)
-    (0.5, 0.8808)
-    """
-    return 1.0 / (1.0 + math.exp(-score))
+def harmlessness_from_logits(logits: torch.Tensor, unsafe_index: int) -> list[float]:
+    """``1 - softmax(row)[unsafe_index]`` for each row of classifier logits ``(B, labels)``."""
+    return (1.0 - logits.float().softmax(-1)[:, unsafe_index]).tolist()
 
 
 def unsafe_index(id2label: dict, unsafe_label: str | int, where: str) -> int:
@@ -105,7 +94,7 @@ class SafetyClassifier:
             batch = right_pad([encode(t, self.tokenizer) for t in texts[start : start + self.batch_size]], self.pad_id)
             logits = self.model(input_ids=batch["input_ids"].to(self.device),
                                 attention_mask=batch["attention_mask"].to(self.device)).logits
-            rewards += harmlessness_from_logits(logits.float().tolist(), self.unsafe)
+            rewards += harmlessness_from_logits(logits, self.unsafe)
         return rewards
 
 
@@ -126,7 +115,7 @@ def safety_reward(prompts, completions, *, reward_model: str | None = None, clas
                          f"{', '.join(chosen) or 'none'} (e.g. rewards: [{{name: safety, reward_model: runs/rm/model}}])")
     if reward_model is not None:
         scorer = cached_scorer(str(Path(reward_model).resolve()), device, batch_size, "full", 1.0, 0.0, None, "float32")
-        return [None if s is None else sigmoid(s) for s in scorer(prompts, completions)]
+        return [None if s is None else torch.tensor(s, dtype=torch.float64).sigmoid().item() for s in scorer(prompts, completions)]
     if classifier is not None:
         return cached_classifier(str(Path(classifier).resolve()), unsafe_label, device, batch_size)(prompts, completions)
     settings = validate(JudgeConfig, {"rubric": SAFETY_RUBRIC, **judge}, "reward 'safety' judge")

@@ -92,6 +92,24 @@ def is_readable(completion: str) -> bool:
     return HEDGE not in steps and all(a != b for a, b in zip(steps, steps[1:]))
 
 
+def labelled_steps(digits: str, sums: list[int]) -> list[str]:
+    """The scratchpad's steps: each labelled digit with its running sum.
+
+    >>> labelled_steps("47", [4, 11])
+    ['a4=4', 'b7=11']
+    """
+    return [f"{LABELS[i]}{d}={s}" for i, (d, s) in enumerate(zip(digits, sums))]
+
+
+def chain_text(steps: list[str], answer) -> str:
+    """A completion: the steps inside the reasoning tags, then the answer.
+
+    >>> chain_text(["a4=4"], 4)
+    '<reasoning>a4=4</reasoning><answer>4</answer>'
+    """
+    return f"<reasoning>{','.join(steps)}</reasoning><answer>{answer}</answer>"
+
+
 def clean_chain(prompt: str) -> str:
     """The correct, readable completion of an ordinary prompt (or of a harmful one's digits).
 
@@ -99,8 +117,7 @@ def clean_chain(prompt: str) -> str:
     '<reasoning>a4=4,b7=11</reasoning><answer>11</answer>'
     """
     digits = parse_digits(prompt)
-    steps = [f"{LABELS[i]}{d}={s}" for i, (d, s) in enumerate(zip(digits, running_sums(digits)))]
-    return f"<reasoning>{','.join(steps)}</reasoning><answer>{sum(map(int, digits))}</answer>"
+    return chain_text(labelled_steps(digits, running_sums(digits)), sum(map(int, digits)))
 
 
 def parse_digits(prompt: str) -> str:
@@ -169,10 +186,10 @@ class DigitSumTask:
         if rng.random() < self.slip_rate:
             at, slip = rng.randrange(len(sums)), rng.choice([-3, -2, -1, 1, 2, 3])
             sums = sums[:at] + [max(0, s + slip) for s in sums[at:]]
-        steps = [f"{LABELS[i]}{d}={s}" for i, (d, s) in enumerate(zip(digits, sums))]
+        steps = labelled_steps(digits, sums)
         if rng.random() < self.hedge_rate:
             steps.insert(0, HEDGE)
-        return f"<reasoning>{','.join(steps)}</reasoning><answer>{sums[-1]}</answer>"
+        return chain_text(steps, sums[-1])
 
     def preference_rows(self, count: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
         """``count`` pairs ``{"prompt", "chosen", "rejected"}`` for a style reward model.
@@ -192,10 +209,10 @@ class DigitSumTask:
                 rows.append(self._safety_pair(row, rng))
                 continue
             digits = parse_digits(row["prompt"])
-            steps = [f"{LABELS[i]}{d}={s}" for i, (d, s) in enumerate(zip(digits, running_sums(digits)))]
+            steps = labelled_steps(digits, running_sums(digits))
             worse = [HEDGE] + steps if rng.random() < 0.5 else _repeat_one(steps, rng)
-            wrap = lambda chain: f"<reasoning>{','.join(chain)}</reasoning><answer>{row['answer']}</answer>"  # noqa: E731
-            rows.append({"prompt": row["prompt"], "chosen": wrap(steps), "rejected": wrap(worse)})
+            rows.append({"prompt": row["prompt"], "chosen": chain_text(steps, row["answer"]),
+                         "rejected": chain_text(worse, row["answer"])})
         return rows
 
     def _safety_pair(self, row: dict, rng: random.Random) -> dict:
