@@ -52,6 +52,10 @@ class JudgeError(GrpokitError, RuntimeError):
     """The LLM judge's endpoint failed or answered in a way that cannot be scored."""
 
 
+class RolloutEngineError(GrpokitError, RuntimeError):
+    """A rollout engine failed: a rollout server unreachable or refusing a request."""
+
+
 class NonFiniteError(GrpokitError, RuntimeError):
     """Too many steps in a row had a NaN/Inf loss or gradient norm."""
 

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from grpokit.errors import MissingDependencyError
 from grpokit.config.monitor import SINK_PACKAGES, MonitorConfig
+from grpokit.config.rollout import RolloutConfig
 from grpokit.config.sections import Section
 
 
@@ -128,6 +129,8 @@ class SamplingConfig(OptimConfig):
     """Prompts longer than this many tokens are cut at the left (None: keep whole)."""
     max_completion_length: int = Field(256, ge=1)
     """Most tokens sampled per completion."""
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    """The rollout engine (native or vLLM, colocated or a server) and max_staleness."""
 
     @field_validator("advantage_estimator", "policy_loss", "loss_type", check_fields=False)
     @classmethod
@@ -181,10 +184,15 @@ class GRPOConfig(SamplingConfig):
     importance_sampling_level: Literal["token", "sequence"] = "token"
     """TRL's key for the ratio's level: 'sequence' selects policy_loss gspo (GSPO)."""
     tis_cap: float | None = Field(None, gt=0)
-    """Truncated importance sampling for a sampler whose log-probs differ from the policy's (a
-    faster engine, another precision): each token's loss is weighted by
-    min(p_policy / p_sampler, tis_cap). None: off. TRL: vllm_importance_sampling_mode
-    token_truncate with vllm_importance_sampling_clip_max (3.0 there)."""
+    """Truncated importance sampling for a sampler whose log-probs differ from the policy's (an
+    inference engine, another precision, an older policy with rollout.max_staleness): each
+    token's loss is weighted by min(p_policy / p_sampler, tis_cap), see tis_mode. None: 2.0 when
+    rollout.engine is vllm or rollout.max_staleness > 0, else off. TRL:
+    vllm_importance_sampling_cap."""
+    tis_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "off"] = "token_truncate"
+    """How the sampler's importance ratio applies (TRL's vllm_importance_sampling_mode): per token or
+    one ratio per sequence (the product of its tokens' ratios); 'truncate' caps the ratio at
+    tis_cap, 'mask' drops tokens (or sequences) whose ratio exceeds it. 'off': no correction."""
     dynamic_sampling: Literal["off", "drop", "refill"] = "off"
     """DAPO's dynamic sampling: 'refill' drops groups whose rewards are all equal and samples
     more prompts until prompts_per_step groups with signal are found (at most

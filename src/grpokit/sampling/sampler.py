@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from grpokit.sampling.kv_cache import RowCache, keep_row_caches, preallocated_cache
+from grpokit.sampling.kv_cache import RowCache, keep_row_caches, preallocated_cache, with_cache
 
 
 @dataclass(frozen=True)
@@ -216,9 +216,9 @@ def continue_generation(
         for index, layer in enumerate(cache.layers):
             layer.fill([c.keys[index] for c in caches], [c.values[index] for c in caches], cached)
         out = model(input_ids=new.to(device), attention_mask=mask,
-                    position_ids=(mask.cumsum(1) - 1).clamp(min=0)[:, cached:], cache=cache,
-                    use_cache=True, logits_to_keep=1)
-        decoded = _decode(model, out.logits[:, -1].float(), out.cache, mask, params, eos_token_id, uniforms,
+                    position_ids=(mask.cumsum(1) - 1).clamp(min=0)[:, cached:], **with_cache(cache),
+                    logits_to_keep=1)
+        decoded = _decode(model, out.logits[:, -1].float(), cache, mask, params, eos_token_id, uniforms,
                           None, row_caches)
         return _rollout(new, new_mask, decoded, 1, pad_token_id)
     finally:
@@ -251,11 +251,9 @@ def _generate(model, prompt_ids, group_size, params, eos_token_id, pad_token_id,
         input_ids=p_ids.to(device),
         attention_mask=p_mask.to(device),
         position_ids=(p_mask.cumsum(1) - 1).clamp(min=0).to(device),
-        cache=cache,
-        use_cache=True,
+        **with_cache(cache),
         logits_to_keep=1,
     )
-    cache = out.cache
     cache.batch_repeat_interleave(group_size)
     decoded = _decode(model, out.logits[:, -1].float().repeat_interleave(group_size, 0), cache,
                       p_mask.repeat_interleave(group_size, 0).to(device), params,
@@ -319,10 +317,9 @@ def _decode(model, logits, cache, prompt_mask, params, eos_token_id, uniforms, k
             input_ids=step_tokens[:, None].to(mask.device),
             attention_mask=mask[:, :width],
             position_ids=(positions + t)[:, None],
-            cache=cache,
-            use_cache=True,
+            **with_cache(cache),
         )
-        cache, logits = out.cache, out.logits[:, -1].float()
+        logits = out.logits[:, -1].float()
     if row_caches is not None:
         ended = (finished[live] & ~torch.tensor([int(r) in row_caches for r in live])).nonzero().squeeze(1)
         keep_row_caches(cache, mask, live, ended, lengths, prompt_mask.shape[1], row_caches)

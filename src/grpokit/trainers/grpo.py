@@ -44,7 +44,7 @@ from grpokit.algorithms import (
     PolicyLossInputs,
 )
 from grpokit.algorithms.dynamic_sampling import group_rows, groups_with_advantage, groups_with_varied_rewards
-from grpokit.algorithms.sampler_correction import truncated_importance_weights
+from grpokit.algorithms.sampler_correction import mismatch_stats, truncated_importance_weights
 from grpokit.config import GRPOConfig
 from grpokit.parallel.ranks import add_stats, any_across, gather_advantage_inputs, reduce_metrics, stats_across, sum_across
 from grpokit.parallel.training_engine import shard
@@ -137,6 +137,7 @@ class GRPOTrainer(OnPolicyTrainer):
     """
 
     stage = "grpo"
+    uses_rollout_engines = True
 
     def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None, tools=None,
@@ -169,6 +170,11 @@ class GRPOTrainer(OnPolicyTrainer):
                               "process_steps: separator")
         self.step_scorer = (StepScorer(resolve_process_reward(args.process_reward, self.device), args.step_separator)
                             if args.process_reward else None)
+        # the sampler correction: on by default when the samples come from another engine or an
+        # older policy (TRL corrects vLLM's samples by default too)
+        other_sampler = args.rollout.engine != "native" or args.rollout.max_staleness > 0
+        self.tis_cap = None if args.tis_mode == "off" else args.tis_cap or (2.0 if other_sampler else None)
+        self.rollout_metrics = {}
         self.init_loop(callbacks)
         if self.engine.sharded:
             self.check_shardable()
@@ -197,11 +203,13 @@ class GRPOTrainer(OnPolicyTrainer):
         timings["train"] = time.perf_counter() - tic
         timings["step"] = time.perf_counter() - started
 
-        # 6. metrics ----------------------------------------------------------------------------
         self.step_index += 1
+        self.publish_weights()  # for the rollouts sampled ahead (rollout.max_staleness)
+
+        # 6. metrics ----------------------------------------------------------------------------
         metrics = reduce_metrics({**step_metrics(batch, passes, timings, self.scheduler.get_last_lr()[0],
                                                  args.num_generations),
-                                  **episode_metrics(self.agents.stats, batch.rollout)})
+                                  **episode_metrics(self.agents.stats, batch.rollout), **self.rollout_metrics})
         problem = next((p["problem"] for p in passes if p["problem"]), None)
         return self.end_step(batch, metrics, problem)
 
@@ -233,7 +241,7 @@ class GRPOTrainer(OnPolicyTrainer):
         ref_logp = self.reference_logprobs(rollout) if args.beta > 0 else None
         # the sampler's log-probs are corrected against the policy's own (TIS); with μ = 1 those
         # are the training forward's, otherwise one no-grad pass before the first update
-        old_logp = self.policy_logprobs(rollout) if args.tis_cap and args.num_iterations > 1 else None
+        old_logp = self.policy_logprobs(rollout) if self.tis_cap and args.num_iterations > 1 else None
         timings["reference"] = time.perf_counter() - tic
         weights = self.loss_weights(loss_mask)  # (N, Tc)
         return StepBatch(rollout, scored.rewards, scored.step_rewards, advantages, loss_mask, weights,
@@ -247,8 +255,7 @@ class GRPOTrainer(OnPolicyTrainer):
         args, kept, rounds = self.args, [], 0
         needed = args.prompts_per_step // self.ranks.world_size
         while True:
-            rows = self.ranks.shard(self.stream.next_batch(args.prompts_per_step))
-            rollout = self.sample(rows, timings)
+            rows, rollout, self.rollout_metrics = self.draw_and_sample(timings)
             tic = time.perf_counter()
             scored = self.score(rows, rollout)
             timings["score"] = timings.get("score", 0.0) + time.perf_counter() - tic
@@ -333,15 +340,16 @@ class GRPOTrainer(OnPolicyTrainer):
             old = take(batch.old_logp)
         else:
             old = logp.detach() if args.num_iterations == 1 else take(batch.rollout.sampling_logp)
-        mask = take(batch.loss_mask)
-        sampler_weights = (truncated_importance_weights(old, take(batch.rollout.sampling_logp), mask, args.tis_cap)
-                           if args.tis_cap else None)
+        mask, sampler_logp = take(batch.loss_mask), take(batch.rollout.sampling_logp)
+        sampler_weights = (truncated_importance_weights(old, sampler_logp, mask, self.tis_cap, args.tis_mode)
+                           if self.tis_cap else None)
         inputs = PolicyLossInputs(logp, old, take(batch.advantages), mask,
                                   take(batch.ref_logp) if batch.ref_logp is not None else None, sampler_weights)
         per_token, stats = self.policy_loss(inputs, self.loss_settings)
         loss = (per_token * take(batch.weights)).sum()
         (loss * self.ranks.grad_scale).backward()
-        return {**stats, "loss": loss.detach(), "entropy_sum": (entropy.detach() * mask).sum()}
+        return {**stats, **mismatch_stats(old, sampler_logp, mask), "loss": loss.detach(),
+                "entropy_sum": (entropy.detach() * mask).sum()}
 
     @torch.no_grad()
     def sync_reference(self) -> None:
@@ -360,7 +368,10 @@ class GRPOTrainer(OnPolicyTrainer):
         self.optimizer, self.scheduler = build_optimizer(self.model, args,
                                                          args.max_steps * args.num_iterations)
         self.model.train()
-        seconds = self.run_loop("GRPO", show_progress, resume_from_checkpoint)
+        try:
+            seconds = self.run_loop("GRPO", show_progress, resume_from_checkpoint)
+        finally:
+            self.close_rollouts()
         model_dir = self.save_final_model(self.output_dir / "model")
         summary = {**summarize(self.history, seconds, model_dir), **self.loop_summary()}
         self.write_run_files(summary)

@@ -41,6 +41,7 @@ def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
         "clip_ratio/high_max": max(p["clip_high_max"] for p in passes),
         **({"sampling/importance_weight_max": max(p["sampler_weight_max"] for p in passes)}
            if "sampler_weight_max" in passes[0] else {}),
+        **mismatch_metrics(passes[0]),
         "completion/mean_length": lengths.mean().item(),
         "completion/min_length": lengths.min().item(),
         "completion/max_length": lengths.max().item(),
@@ -51,6 +52,18 @@ def step_metrics(batch: StepBatch, passes: list[dict], timings: dict, lr: float,
         **({f"sampling/{k}": float(v) for k, v in batch.sampling.items()} if batch.sampling else {}),
     }
     return metrics
+
+
+def mismatch_metrics(first_pass: dict) -> dict[str, float]:
+    """How the sampler's log-probs differ from the trainer's forward before the update (the
+    first pass): the mean |Δ log p| per token and the extremes of pi_trainer / pi_sampler.
+
+    >>> mismatch_metrics({"mismatch_abs_sum": 0.5, "tokens": 10.0, "mismatch_ratio_max": 1.2, "mismatch_ratio_min": 0.9})
+    {'mismatch/logp_abs_diff_mean': 0.05, 'mismatch/ratio_max': 1.2, 'mismatch/ratio_min': 0.9}
+    """
+    return {"mismatch/logp_abs_diff_mean": first_pass["mismatch_abs_sum"] / max(first_pass["tokens"], 1.0),
+            "mismatch/ratio_max": first_pass["mismatch_ratio_max"],
+            "mismatch/ratio_min": first_pass["mismatch_ratio_min"]}
 
 
 def outcome_metrics(rewards: RewardBatch, group_size: int) -> dict[str, float]:

@@ -20,6 +20,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
+from grpokit.sampling.kv_cache import with_cache
+
 HEAD_CHUNK_TOKENS = 1024
 
 
@@ -151,7 +153,7 @@ def shared_prefix_logprobs(
     body, cache = model.get_decoder(), DynamicCache()
     prompt_hidden = body(input_ids=prompt_ids, attention_mask=prompt_mask,
                          position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0),
-                         cache=cache, use_cache=True).last_hidden_state[:, -1:]  # (P, 1, H)
+                         **with_cache(cache)).last_hidden_state[:, -1:]  # (P, 1, H)
     hidden = prompt_hidden.repeat_interleave(group_size, 0)  # (N, 1, H)
     width = completion_ids.shape[1]
     if width > 1:
@@ -160,8 +162,7 @@ def shared_prefix_logprobs(
         start = prompt_mask.sum(1).repeat_interleave(group_size)[:, None]  # (N, 1)
         positions = start + torch.arange(width - 1, device=start.device)  # (N, Tc - 1)
         completion_hidden = body(input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1],
-                                 position_ids=positions, cache=cache,
-                                 use_cache=True).last_hidden_state  # (N, Tc - 1, H)
+                                 position_ids=positions, **with_cache(cache)).last_hidden_state  # (N, Tc - 1, H)
         hidden = torch.cat([hidden, completion_hidden], 1)  # (N, Tc, H)
     return head_logprobs(model.get_output_embeddings(), hidden, completion_ids, temperature,
                          with_entropy)

@@ -12,6 +12,11 @@ is the base with adapters disabled, or when no KL term is used).
 Under torchrun, ``prompts_per_step`` is the global number of prompts: every rank draws the same
 global batch and samples its own share, with the global batch's random numbers (so the samples
 do not depend on the number of ranks).
+
+The completions come from the rollout engine (``rollout.engine``, ``grpokit.sampling.engine``):
+the native sampler on the policy itself, or an engine with its own weights, which receives the
+policy's before it samples a step (``rollout.max_staleness: 0``) or samples steps ahead in a
+thread (``grpokit.trainers.async_rollouts``).
 """
 
 from __future__ import annotations
@@ -30,14 +35,21 @@ from grpokit.data import PromptStream, encode_prompt, extra_columns, load_rows, 
 from grpokit.errors import ConfigError
 from grpokit.trainers.logprobs import completion_logprobs, model_logprobs, shared_prefix_logprobs
 from grpokit.rewards import resolve_reward
-from grpokit.sampling.sampler import Rollout, SamplingParams, generate, random_table
+from grpokit.sampling.engine import RandomDraw
+from grpokit.sampling.sampler import Rollout, SamplingParams
+from grpokit.trainers.async_rollouts import AsyncRollouts, SampledBatch, staleness_metrics
 from grpokit.trainers.loop import TrainingLoop
+from grpokit.trainers.rollout_engines import build_rollout_engine, push_weights, snapshot_weights
 
 
 class OnPolicyTrainer(TrainingLoop):
     """Sampling, reward inputs and log-prob forwards shared by GRPO and PPO."""
 
     agents = None  # tools, environments or a rollout function (init_agents)
+    uses_rollout_engines = False  # True: rollout.engine and rollout.max_staleness apply (GRPO)
+    async_rollouts: AsyncRollouts | None = None  # with rollout.max_staleness > 0, once training runs
+    sampled_ahead: list[SampledBatch] = []  # batches a checkpoint held, until the producer restarts
+    engine_version: int | None = None  # the step whose weights the rollout engine holds
 
     def init_rewards(self, reward_funcs, train_dataset, name: str) -> None:
         """Validated rows, resolved reward functions and a checked ``reward_weights``."""
@@ -83,6 +95,7 @@ class OnPolicyTrainer(TrainingLoop):
         rank = self.ranks.rank if self.agents.replaces_sampler else 0
         self.generator = torch.Generator(self.device).manual_seed(args.seed + rank)
         self.eos_token_id = self.tokenizer.eos_token_id  # where sampling stops
+        self.rollout_engine = build_rollout_engine(self)
 
     def _frozen_copy(self):
         ref = copy.deepcopy(self.model).eval()
@@ -101,21 +114,72 @@ class OnPolicyTrainer(TrainingLoop):
 
     def sample(self, rows: list[dict], timings: dict) -> Rollout:
         """``num_generations`` completions for each of this rank's rows, each prompt encoded
-        once, with this rank's rows of the global batch's random numbers."""
+        once, with this rank's rows of the global batch's random numbers; an engine with its
+        own weights first receives the policy's."""
         if self.agents.replaces_sampler:
             return self.agents.sample(self, rows, timings)
+        engine = self.rollout_engine
+        if engine.holds_own_weights and self.engine_version != self.step_index:
+            tic = time.perf_counter()
+            push_weights(engine, self.model, self.step_index)
+            self.engine_version = self.step_index
+            timings["weight_sync"] = time.perf_counter() - tic
         started = time.perf_counter()
-        prompt_ids = [self.prompt_ids[r["_index"]] for r in rows]
-        group = self.args.num_generations
-        table = random_table(self.args.prompts_per_step * group, self.sampling.max_new_tokens,
-                             self.generator)  # (global P·G, max new tokens)
-        first = self.ranks.row_offset(len(rows) * group)
-        with self.autocast():
-            rollout = generate(self.model, prompt_ids, group, self.sampling, self.eos_token_id,
-                               self.tokenizer.pad_token_id, uniforms=table[first : first + len(rows) * group],
-                               keep_decoding=self.engine.keep_decoding())
+        rollout = engine.sample(self.prompts_of(rows), self.args.num_generations, self.sampling,
+                                self.random_draw(len(rows)))
         timings["generate"] = time.perf_counter() - started
         return rollout
+
+    def prompts_of(self, rows: list[dict]) -> list[list[int]]:
+        return [self.prompt_ids[r["_index"]] for r in rows]
+
+    def random_draw(self, rows: int) -> RandomDraw:
+        """This rank's share (``rows`` prompts) of the global batch's randomness."""
+        group = self.args.num_generations
+        return RandomDraw(self.generator, self.args.prompts_per_step * group, self.ranks.row_offset(rows * group))
+
+    def draw_and_sample(self, timings: dict) -> tuple[list[dict], Rollout, dict]:
+        """This rank's rows of the next ``prompts_per_step`` prompts and their rollout, and the
+        rollout's metrics: sampled now, or with ``rollout.max_staleness > 0`` taken from the
+        producer that sampled it ahead."""
+        if self.args.rollout.max_staleness == 0:
+            rows = self.ranks.shard(self.stream.next_batch(self.args.prompts_per_step))
+            return rows, self.sample(rows, timings), {}
+        if self.async_rollouts is None:
+            self.start_async_rollouts()
+        tic = time.perf_counter()
+        batch = self.async_rollouts.take(self.step_index)
+        timings["wait_for_rollout"], timings["generate"] = time.perf_counter() - tic, batch.seconds
+        return batch.rows, batch.rollout, staleness_metrics(batch)
+
+    def start_async_rollouts(self) -> None:
+        """The producer thread, from this step on (after the batches a checkpoint held)."""
+        engine, prompts = self.rollout_engine, self.args.prompts_per_step
+
+        def sample_rows(step: int):
+            rows = self.ranks.shard(self.stream.next_batch(prompts))
+            return rows, engine.sample(self.prompts_of(rows), self.args.num_generations, self.sampling,
+                                       self.random_draw(len(rows)))
+
+        self.async_rollouts = AsyncRollouts(sample_rows, engine.load_weights, self.args.rollout.max_staleness,
+                                            self.step_index, self.args.max_steps - 1, self.sampled_ahead)
+        self.sampled_ahead = []
+        self.publish_weights()
+
+    def publish_weights(self) -> None:
+        """After an update: the policy's weights for the producer (asynchronous rollouts)."""
+        if self.async_rollouts is not None:
+            self.async_rollouts.publish(self.step_index, snapshot_weights(self.rollout_engine, self.model))
+
+    def stop_async_rollouts(self) -> None:
+        if self.async_rollouts is not None:
+            self.async_rollouts.close()
+            self.async_rollouts = None
+
+    def close_rollouts(self) -> None:
+        """Stop the producer and release the rollout engine."""
+        self.stop_async_rollouts()
+        self.rollout_engine.close()
 
     def reward_inputs(self, rows: list[dict], rollout: Rollout) -> dict:
         """The keywords every reward receives besides the completions (the rollout's own
@@ -182,7 +246,27 @@ class OnPolicyTrainer(TrainingLoop):
         return {"sampling": self.generator}
 
     def trainer_state(self) -> dict:
-        return {"stream": self.stream.state_dict()}
+        return {"stream": self.stream.state_dict(), "sampled_ahead": [b.state_dict() for b in self.sampled_ahead]}
 
     def load_trainer_state(self, state: dict) -> None:
         self.stream.load_state_dict(state["stream"])
+        self.sampled_ahead = [SampledBatch.from_state_dict(b) for b in state.get("sampled_ahead", [])]
+
+    def save_checkpoint(self):
+        """With asynchronous rollouts the producer is first held once it has sampled every batch
+        the policy of this step may sample (through step + max_staleness), and the checkpoint
+        keeps those batches (``grpokit.trainers.async_rollouts``)."""
+        if self.async_rollouts is None:
+            return super().save_checkpoint()
+        self.sampled_ahead = self.async_rollouts.hold(self.step_index - 1 + self.args.rollout.max_staleness)
+        try:
+            return super().save_checkpoint()
+        finally:
+            self.sampled_ahead = []
+            self.async_rollouts.release()
+
+    def restore(self, checkpoint, keep: tuple[str, ...] = ()) -> None:
+        """A resume or a rollback: the producer stops, and restarts from the checkpoint's batches."""
+        self.stop_async_rollouts()
+        super().restore(checkpoint, keep)
+        self.engine_version = None
