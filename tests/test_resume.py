@@ -60,6 +60,11 @@ def grpo(out, callbacks=(), **overrides):
                        processing_class=tokenizer, callbacks=callbacks)
 
 
+def grpo_async(out, callbacks=()):
+    """Asynchronous rollouts: the checkpoint keeps the batches sampled ahead of it."""
+    return grpo(out, callbacks, rollout={"max_staleness": 2})
+
+
 def sft(out, callbacks=()):
     """With LoRA dropout, so the torch RNG and the adapter checkpoint matter."""
     tokenizer = build_char_tokenizer()
@@ -103,7 +108,7 @@ def final_weights(out):
     return load_file(out / "model" / "model.safetensors")
 
 
-@pytest.mark.parametrize("make", [grpo, sft, ppo, reward_model])
+@pytest.mark.parametrize("make", [grpo, grpo_async, sft, ppo, reward_model])
 def test_crash_and_resume_reproduce_the_uninterrupted_run_exactly(tmp_path, make):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     expected = make(straight).train(show_progress=False)

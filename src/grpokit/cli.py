@@ -315,5 +315,22 @@ def evaluate(config: Path = ConfigArg, overrides: list[str] = OverridesArg, prog
     typer.echo(f"wrote: {Path(cfg.eval.output_dir) / 'summary.json'} and samples.jsonl")
 
 
+@command("serve-rollouts")
+def serve_rollouts(
+    model: Path = typer.Argument(..., help="The policy's starting model directory (save_pretrained)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for trainers on other machines)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    dtype: str = typer.Option("auto", help="vLLM's weight dtype: auto (float32), float32, bfloat16, float16."),
+    gpu_memory_utilization: float = typer.Option(0.9, help="Share of the GPU's memory (on CPU, of RAM) vLLM reserves."),
+    max_model_len: int = typer.Option(None, help="Longest prompt + completion (default: the model's)."),
+    seed: int = typer.Option(0, help="vLLM's seed (every request also carries its own)."),
+) -> None:
+    """Serve MODEL with vLLM for trainers with rollout.vllm_mode: server (sampling over HTTP,
+    weights pushed after every step)."""
+    from grpokit.sampling.rollout_server import serve_rollouts as serve
+
+    serve(str(model), host, port, dtype, gpu_memory_utilization, max_model_len, seed, announce=typer.echo)
+
+
 if __name__ == "__main__":
     main()

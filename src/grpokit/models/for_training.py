@@ -13,6 +13,7 @@ from grpokit.config import OptimConfig
 from grpokit.errors import ConfigError
 from grpokit.models.builtin import BUILTIN_MODELS, builtin_model_dir
 from grpokit.models.loading import load_model, load_tokenizer, pick_device
+from grpokit.models.transformers_compat import enable_activation_checkpointing
 from grpokit.parallel.ranks import setup
 
 
@@ -41,7 +42,7 @@ def resolve_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if args.gradient_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False})
+        enable_activation_checkpointing(model)
     if peft_config is not None or args.use_lora:
         model = get_peft_model(model, peft_config or lora_config(args))
     return model, tokenizer, device

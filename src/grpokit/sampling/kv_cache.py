@@ -1,28 +1,13 @@
 """KV caches for the sampler: a preallocated cache written in place, and one row's cache kept
-after its turn ends so that the next turn continues from it (multi-turn episodes).
-
-A cache is handed to a model with :func:`with_cache`: transformers 5.24 renamed the forward's
-``past_key_values`` argument to ``cache``, and vLLM's CPU build pins transformers below 5.20, so
-the trainer that runs next to a colocated vLLM engine sees the older name. The model fills the
-cache it is given in place, so callers keep using their own object rather than the output's.
-"""
+after its turn ends so that the next turn continues from it (multi-turn episodes)."""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
-from transformers.models.llama.modeling_llama import LlamaModel
-
-_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
-
-
-def with_cache(cache: Cache) -> dict:
-    """The forward keywords that make a model read and extend ``cache``."""
-    return {_CACHE_ARGUMENT: cache, "use_cache": True}
 
 
 class PreallocatedLayer(DynamicLayer):

@@ -91,7 +91,7 @@ def create_app(llm, model: str, wait_s: float = 600.0):
 
 
 def serve_rollouts(model: str, host: str, port: int, dtype: str, gpu_memory_utilization: float,
-                   max_model_len: int | None, seed: int) -> None:
+                   max_model_len: int | None, seed: int, announce=print) -> None:
     """Load ``model`` into vLLM and serve it until interrupted."""
     if not (Path(model) / "config.json").is_file():
         raise ConfigError(f"serve-rollouts: {model} is not a model directory (no config.json); expected a "
@@ -99,6 +99,7 @@ def serve_rollouts(model: str, host: str, port: int, dtype: str, gpu_memory_util
     vllm = import_vllm()
     import uvicorn
 
+    announce(f"loading {model} into vLLM; then serving at http://{host}:{port} (the trainer's rollout.server_url)")
     llm = vllm.LLM(model=model, dtype=engine_dtype(dtype, bf16=False), gpu_memory_utilization=gpu_memory_utilization,
                    max_model_len=max_model_len, seed=seed, logprobs_mode="processed_logprobs")
     uvicorn.run(create_app(llm, model), host=host, port=port, log_level="warning")

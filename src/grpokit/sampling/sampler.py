@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from grpokit.sampling.kv_cache import RowCache, keep_row_caches, preallocated_cache, with_cache
+from grpokit.models.transformers_compat import with_cache
+from grpokit.sampling.kv_cache import RowCache, keep_row_caches, preallocated_cache
 
 
 @dataclass(frozen=True)

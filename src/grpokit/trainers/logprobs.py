@@ -20,7 +20,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
-from grpokit.sampling.kv_cache import with_cache
+from grpokit.models.transformers_compat import with_cache
 
 HEAD_CHUNK_TOKENS = 1024
 

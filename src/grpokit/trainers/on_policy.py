@@ -29,6 +29,7 @@ from types import SimpleNamespace
 
 import torch
 
+from grpokit.models.transformers_compat import activation_checkpointing_on
 from grpokit.trainers.agent_rollouts import AgentRollouts
 from grpokit.trainers.micro_batches import MicroBatch, plan_micro_batches, sorted_plan
 from grpokit.data import PromptStream, encode_prompt, extra_columns, load_rows, validate_prompt_rows
@@ -200,7 +201,7 @@ class OnPolicyTrainer(TrainingLoop):
         lengths, prompts = rollout.completion_lengths(), rollout.prompt_mask.sum(1)
         size = self.args.micro_batch_size
         # HF drops the KV cache under checkpointing; FSDP2 ranks must run equally many forwards
-        if self.model.is_activation_checkpointing or self.engine.sharded:
+        if activation_checkpointing_on(self.model) or self.engine.sharded:
             return sorted_plan(lengths, prompts, rollout.group_size, size)[0]
         return plan_micro_batches(lengths, prompts, rollout.group_size, size)
 

@@ -55,6 +55,7 @@ from grpokit.models import load_pretrained, save_model
 from grpokit.rewards import RewardBatch, reward_metrics, score_completions
 from grpokit.sampling.sampler import Rollout
 from grpokit.models.for_training import final_model, is_peft, resolve_model
+from grpokit.models.transformers_compat import enable_activation_checkpointing
 from grpokit.monitoring.summary import write_summary
 from grpokit.trainers.grpo_metrics import summarize
 from grpokit.trainers.optim import build_optimizer, clip_and_step
@@ -143,7 +144,7 @@ class PPOTrainer(OnPolicyTrainer):
                                                                 peft_config)
         self.value_model = value_model.to(self.device)
         if args.gradient_checkpointing:
-            self.value_model.activation_checkpointing_enable({"use_reentrant": False})
+            enable_activation_checkpointing(self.value_model)
         self.ref_model = (self._frozen_copy() if args.kl_coef > 0 and not is_peft(self.model)
                           else None)
         self.init_loop(callbacks)

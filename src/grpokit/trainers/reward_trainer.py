@@ -36,6 +36,7 @@ from grpokit.rewards.reward_model import (encode, ensure_pad_token, is_sequence_
                                           scored_text, sequence_scores)
 from grpokit.data import shuffled_batches
 from grpokit.models.for_training import final_model
+from grpokit.models.transformers_compat import enable_activation_checkpointing
 from grpokit.monitoring.summary import write_summary
 from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.optim import build_optimizer, clip_and_step
@@ -130,7 +131,7 @@ def resolve_preference_model(
         model = model.to(device)
     ensure_pad_token(model, tokenizer)
     if args.gradient_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False})
+        enable_activation_checkpointing(model)
     if peft_config is not None or args.use_lora:
         model = get_peft_model(model, peft_config or LoraConfig(
             r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
