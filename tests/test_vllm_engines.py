@@ -99,8 +99,9 @@ def training_module():
     return module
 
 
-def run_colocated(cold_start, out, **rollout) -> dict:
+def run_colocated(cold_start, out, steps: int, **rollout) -> dict:
     spec = settings(cold_start, out, **rollout)
+    spec["args"]["max_steps"] = steps
     path = Path(out).with_suffix(".json")
     path.write_text(json.dumps(spec))
     subprocess.run([str(vllm_python()), str(ROOT / "tests" / "vllm_training.py"), str(path)], check=True,
@@ -112,18 +113,13 @@ def metrics(out) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_engine_matches_trainer(checks: dict, out) -> None:
-    assert [s["version"] for s in checks["syncs"]] == list(range(STEPS))  # one sync before every step
+def assert_engine_matches_trainer(checks: dict, out, steps: int = STEPS) -> None:
+    assert [s["version"] for s in checks["syncs"]] == list(range(steps))  # one sync before every step
     for sync in checks["syncs"]:
         assert sync["engine"] == sync["trainer"], f"greedy completions differ after the sync of step {sync['version']}"
     for line in metrics(out):
         assert line["mismatch/logp_abs_diff_mean"] < LOGP_TOLERANCE
         assert math.exp(-LOGP_TOLERANCE) < line["mismatch/ratio_min"] <= line["mismatch/ratio_max"] < math.exp(LOGP_TOLERANCE)
-
-
-def test_colocated_engine_holds_the_trainers_weights_after_every_sync(cold_start, tmp_path):
-    checks = run_colocated(cold_start, tmp_path / "colocated")
-    assert_engine_matches_trainer(checks, tmp_path / "colocated")
 
 
 def test_server_engine_holds_the_trainers_weights_after_every_sync(cold_start, tmp_path):
@@ -136,18 +132,16 @@ def test_server_engine_holds_the_trainers_weights_after_every_sync(cold_start, t
     assert not any((tmp_path / "weights").iterdir())  # the pushed weights are removed at the end
 
 
-def test_async_with_max_staleness_1_learns_as_well_per_sample_as_sync(cold_start, tmp_path):
-    steps = {"max_steps": 24}
-    sync = settings(cold_start, tmp_path / "sync")
-    lagged = settings(cold_start, tmp_path / "async", max_staleness=1)
-    for spec in (sync, lagged):
-        spec["args"].update(steps)
-        path = Path(spec["out"]).with_suffix(".json")
-        path.write_text(json.dumps(spec))
-        subprocess.run([str(vllm_python()), str(ROOT / "tests" / "vllm_training.py"), str(path)], check=True,
-                       cwd=ROOT, timeout=900)
+def test_colocated_engine_holds_the_trainers_weights_and_async_learns_as_well(cold_start, tmp_path):
+    """The synchronous colocated run checks every sync; the asynchronous one (max_staleness 1,
+    each batch sampled while the previous step trains) must reach at least its reward over the
+    second half of the run, with the same prompts and samples per step."""
+    steps = 24
+    sync = run_colocated(cold_start, tmp_path / "sync", steps)
+    assert_engine_matches_trainer(sync, tmp_path / "sync", steps)
+    run_colocated(cold_start, tmp_path / "async", steps, max_staleness=1)
     sync_lines, async_lines = metrics(tmp_path / "sync"), metrics(tmp_path / "async")
-    assert [line["rollout/staleness"] for line in async_lines] == [0] + [1] * 23
-    late = lambda lines: sum(line["reward/mean"] for line in lines[12:]) / 12  # noqa: E731
-    print(f"reward over steps 13-24: sync {late(sync_lines):.3f}, async {late(async_lines):.3f}")
-    assert late(async_lines) >= late(sync_lines) - 0.02
+    assert [line["rollout/staleness"] for line in async_lines] == [0] + [1] * (steps - 1)
+    late = lambda lines: sum(line["reward/mean"] for line in lines[steps // 2:]) / (steps // 2)  # noqa: E731
+    print(f"reward over steps {steps // 2 + 1}-{steps}: sync {late(sync_lines):.3f}, async {late(async_lines):.3f}")
+    assert late(async_lines) >= late(sync_lines)
