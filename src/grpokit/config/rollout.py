@@ -36,10 +36,11 @@ class RolloutConfig(Section):
     KV cache (on CPU, the share of RAM); the rest is the trainer's."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """vLLM's weight dtype with vllm_mode 'colocate' ('auto': bfloat16 when bf16 is set, else
-    float32)."""
+    float32). A server's dtype is its own (serve-rollouts --dtype)."""
     max_model_len: int | None = Field(None, ge=2)
-    """vLLM's longest sequence (None: max_prompt_length + max_completion_length, or the model's
-    limit without max_prompt_length)."""
+    """vLLM's longest sequence with vllm_mode 'colocate' (None: max_prompt_length +
+    max_completion_length, or the model's limit without max_prompt_length); a server's is its
+    own (serve-rollouts --max-model-len)."""
     sleep_mode: bool = False
     """With vllm_mode 'colocate' on CUDA: release vLLM's weights and KV cache memory while the
     trainer updates (vLLM's sleep level 1), waking it to load weights and sample."""

@@ -186,7 +186,8 @@ class GRPOConfig(SamplingConfig):
     tis_cap: float | None = Field(None, gt=0)
     """Truncated importance sampling for a sampler whose log-probs differ from the policy's (an
     inference engine, another precision, an older policy with rollout.max_staleness): each
-    token's loss is weighted by min(p_policy / p_sampler, tis_cap), see tis_mode. None: 2.0 when
+    token's surrogate (not the KL term) is weighted by min(p_policy / p_sampler, tis_cap), see
+    tis_mode. None: 2.0 when
     rollout.engine is vllm or rollout.max_staleness > 0, else off. TRL:
     vllm_importance_sampling_cap."""
     tis_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "off"] = "token_truncate"

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from grpokit.models.for_training import is_peft
@@ -25,24 +26,32 @@ def base_name(peft_name: str) -> str:
 
 
 @contextmanager
-def policy_weights(model: PreTrainedModel, merged: bool) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """``(name, tensor)`` pairs of ``model``'s weights, valid inside the ``with`` block.
+def policy_weights(model: PreTrainedModel, merged: bool) -> Iterator[Iterator[tuple[str, torch.Tensor]]]:
+    """``(name, tensor)`` pairs of ``model``'s weights, produced one at a time inside the
+    ``with`` block.
 
-    ``merged``: the base model's names and weights, a LoRA model's adapters merged in for the
-    block's duration (peft's ``merge_adapter``, undone on exit) and the adapter tensors left
-    out; otherwise the model's own parameters, adapters included, under their own names.
+    ``merged``: the base model's names and weights, a LoRA model's adapters merged in out of
+    place (base + the adapter's delta, one weight at a time, so the frozen base never changes
+    and at most one merged weight exists at once) and the adapter tensors left out; otherwise
+    the model's own parameters, adapters included, under their own names.
     """
     if not merged:
-        yield [(name, param.detach()) for name, param in model.named_parameters()]
-        return
-    if not is_peft(model):
-        yield [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
-        return
-    with torch.no_grad():
-        model.merge_adapter()
-    try:
-        yield [(base_name(name), tensor.detach()) for name, tensor in model.state_dict().items()
-               if "lora_" not in name]
-    finally:
-        with torch.no_grad():
-            model.unmerge_adapter()
+        yield ((name, param.detach()) for name, param in model.named_parameters())
+    elif not is_peft(model):
+        yield ((name, tensor.detach()) for name, tensor in model.state_dict().items())
+    else:
+        yield _merged_lora_weights(model)
+
+
+@torch.no_grad()
+def _merged_lora_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    adapted = {f"{name}.base_layer.weight": module for name, module in model.named_modules()
+               if isinstance(module, LoraLayer) and not module.merged}
+    for name, tensor in model.state_dict().items():
+        if "lora_" in name:
+            continue
+        module = adapted.get(name)
+        if module is not None:
+            tensor = tensor + sum(module.get_delta_weight(adapter) for adapter in module.active_adapters
+                                  if adapter in module.lora_A)
+        yield base_name(name), tensor.detach()

@@ -2,11 +2,11 @@
 server, tokens and log-probs back, and the policy's weights pushed after every step.
 
 Weights go as one safetensors file in ``rollout.weights_dir`` (shared memory, ``/dev/shm``, by
-default): the trainer writes ``<dir>/<run>/model.safetensors`` through a temporary name, then
-asks the server to load that directory. Under torchrun every rank sends its own prompts and
-only rank 0 writes weights; the trainer's barrier after the push means no rank samples before
-the server has the new weights.
-"""
+default): the trainer writes ``<dir>/grpokit-weights-<pid>/model.safetensors`` through a
+temporary name, then asks the server to load that directory as policy version v (the optimizer
+steps behind the weights). Under torchrun every rank sends its own prompts, naming the version
+it expects, and only rank 0 writes weights; the server holds a request until it has that
+version, so no rank samples with the weights of another step."""
 
 from __future__ import annotations
 

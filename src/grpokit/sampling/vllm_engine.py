@@ -121,6 +121,7 @@ class VLLMColocated:
     def _wake(self, tags: list[str]) -> None:
         asleep = [tag for tag in tags if tag in self._sleeping]
         if asleep:
+            torch.cuda.empty_cache()  # the trainer's cached blocks back to the device first
             self.llm.wake_up(tags=asleep)
             self._sleeping -= set(asleep)
 

@@ -20,6 +20,12 @@ def check_rollout_settings(trainer) -> None:
     if (vllm or asynchronous) and trainer.agents.replaces_sampler:
         raise ConfigError("tools, environments and rollout functions sample multi-turn episodes with the native "
                           "engine, synchronously: set rollout.engine: native and rollout.max_staleness: 0")
+    if asynchronous and trainer.engine.sharded:
+        raise ConfigError("rollout.max_staleness > 0 samples in a thread beside training; under distributed: "
+                          "fsdp2 both would run collectives at once: use ddp, or max_staleness: 0")
+    if asynchronous and rollout.sleep_mode:
+        raise ConfigError("rollout.sleep_mode frees vLLM's memory while the trainer updates, but with "
+                          "max_staleness > 0 vLLM samples during the update: set one of them")
     if vllm and trainer.engine.sharded:
         raise ConfigError("rollout.engine 'vllm' needs the whole policy on each rank to send its weights; "
                           "use distributed: ddp (FSDP2 shards them)")
@@ -65,6 +71,7 @@ def push_weights(engine: RolloutEngine, model, version: int) -> None:
 
 
 def snapshot_weights(engine: RolloutEngine, model) -> list:
-    """A copy of the policy's weights in the form ``engine`` loads, to load later."""
+    """A copy of the policy's weights in the form ``engine`` loads, to load later; in host
+    memory, so a GPU holds no second copy while it waits."""
     with policy_weights(model, merged=engine.wants_merged_weights) as weights:
-        return [(name, tensor.clone()) for name, tensor in weights]
+        return [(name, tensor.to("cpu", copy=True)) for name, tensor in weights]
