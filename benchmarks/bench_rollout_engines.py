@@ -31,13 +31,11 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
+
+from grpokit.serving.model_server import RolloutServer
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_MODEL = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grpokit/models/smollm2-135m-instruct"
@@ -58,35 +56,6 @@ def prompt_rows(count: int, seed: int = 0) -> list[dict]:
 def answer_in_completion(prompts, completions, answer, **kwargs) -> list[float]:
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
     return [float(a in t) for t, a in zip(texts, answer)]
-
-
-@contextmanager
-def rollout_server(model: str, args):
-    """``grpokit serve-rollouts`` in this Python, on a free port, until the block ends."""
-    from grpokit.serving.model_server import free_port
-
-    port = free_port()
-    command = [sys.executable, "-m", "grpokit.cli", "serve-rollouts", model, "--port", str(port),
-               "--gpu-memory-utilization", str(args.gpu_memory_utilization), "--max-model-len",
-               str(args.max_model_len), "--dtype", "bfloat16" if args.bf16 else "float32"]
-    log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"the rollout server exited; its log: {log.name}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the rollout server was not healthy in 600 s; its log: {log.name}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def train(engine: str, args, out: Path, server_url: str | None = None) -> dict:
@@ -204,8 +173,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for engine in ("native", "vllm colocate"):
             rows.append(train(engine, args, Path(scratch) / engine.replace(" ", "_")))
-        with rollout_server(args.model, args) as url:
-            rows.append(train("vllm server", args, Path(scratch) / "server", url))
+        server = RolloutServer(args.model, gpu_memory_utilization=args.gpu_memory_utilization,
+                               max_model_len=args.max_model_len, dtype="bfloat16" if args.bf16 else "float32")
+        with server:
+            rows.append(train("vllm server", args, Path(scratch) / "server", server.root_url))
     print(f"\n{args.prompts} prompts x {args.group} completions, up to {args.new_tokens} new tokens, "
           f"{args.steps - 1} measured steps, {args.model}\n")
     print("| engine | sampling tok/s | step tok/s | generate s | weight push s | step s | mean length | mean abs dlogp |")

@@ -133,3 +133,28 @@ def test_an_unreachable_rollout_server_is_one_clear_error(tmp_path):
 def test_server_mode_needs_a_url():
     with pytest.raises(ConfigError, match="server_url"):
         GRPOConfig(rollout={"engine": "vllm", "vllm_mode": "server"})
+
+
+def test_a_rollout_server_that_cannot_start_is_one_clear_error(tmp_path):
+    from grpokit.serving.model_server import RolloutServer
+
+    with pytest.raises(RolloutEngineError, match="not a model directory"):
+        RolloutServer(tmp_path / "nowhere").start()
+
+
+@pytest.mark.slow
+def test_a_rollout_server_without_vllm_quotes_its_log(tmp_path):
+    """This virtualenv has no vLLM: the server process says how to install it and exits."""
+    from grpokit.models import create_embedded_default
+    from grpokit.serving.model_server import RolloutServer
+
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vLLM is importable here")
+    server = RolloutServer(create_embedded_default(tmp_path / "model"), log_path=tmp_path / "server.log")
+    with pytest.raises(RolloutEngineError, match="exited with code 2 before it was healthy(.|\n)*install_vllm_cpu.sh"):
+        server.start()
+    assert not server.alive()

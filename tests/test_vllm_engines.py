@@ -17,14 +17,11 @@ import math
 import os
 import subprocess
 import sys
-import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from grpokit.serving.model_server import free_port
+from grpokit.serving.model_server import RolloutServer
 from grpokit.tasks import get_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -68,30 +65,6 @@ def settings(cold_start, out, **rollout):
                      "rollout": {"engine": "vllm", "gpu_memory_utilization": 0.05, **rollout}}}
 
 
-@contextmanager
-def rollout_server(model, log):
-    """`grpokit serve-rollouts` in the vLLM virtualenv, on a free port, until the block ends."""
-    port = free_port()
-    command = [str(vllm_python()), "-m", "grpokit.cli", "serve-rollouts", str(model), "--port", str(port),
-               "--gpu-memory-utilization", "0.05", "--max-model-len", "256"]
-    with open(log, "w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, f"the rollout server exited: {Path(log).read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "the rollout server was not healthy within 300 s"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-
 def training_module():
     spec = importlib.util.spec_from_file_location("vllm_training", ROOT / "tests" / "vllm_training.py")
     module = importlib.util.module_from_spec(spec)
@@ -124,8 +97,10 @@ def assert_engine_matches_trainer(checks: dict, out, steps: int = STEPS) -> None
 
 def test_server_engine_holds_the_trainers_weights_after_every_sync(cold_start, tmp_path):
     model, _ = cold_start
-    with rollout_server(model, tmp_path / "server.log") as url:
-        spec = settings(cold_start, tmp_path / "server", vllm_mode="server", server_url=url,
+    server = RolloutServer(model, python=vllm_python(), gpu_memory_utilization=0.05, max_model_len=256,
+                           log_path=tmp_path / "server.log")
+    with server:
+        spec = settings(cold_start, tmp_path / "server", vllm_mode="server", server_url=server.root_url,
                         weights_dir=str(tmp_path / "weights"))
         checks = training_module().train_with_checks(spec)
     assert_engine_matches_trainer(checks, tmp_path / "server")

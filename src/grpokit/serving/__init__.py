@@ -1,1 +1,2 @@
-"""Model servers the pipeline starts for its stages (the LLM judge of rejection sampling)."""
+"""Model servers the pipeline and the trainers start for their stages: the LLM judge of rejection
+sampling (``transformers serve``) and a vLLM rollout server (``grpokit serve-rollouts``)."""

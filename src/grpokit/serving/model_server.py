@@ -1,5 +1,7 @@
-"""A local model directory served by ``transformers serve`` on loopback, for as long as a stage
-needs it.
+"""A local model directory served on loopback for as long as a stage needs it: by
+``transformers serve`` (:class:`ModelServer`, the LLM judge's ``serve``) or by
+``grpokit serve-rollouts`` (:class:`RolloutServer`, a vLLM rollout engine, possibly in another
+virtualenv's Python).
 
 :class:`ModelServer` picks a free port, starts the server process with the model preloaded,
 waits until ``/health`` answers, and stops the process (terminate, then kill) when the
@@ -27,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from grpokit.errors import JudgeError, MissingDependencyError
+from grpokit.errors import GrpokitError, JudgeError, MissingDependencyError, RolloutEngineError
 
 POLL_SECONDS = 0.25
 STOP_GRACE_SECONDS = 10.0
@@ -78,6 +80,9 @@ class ModelServer:
     """``transformers serve`` for one model directory, on a free loopback port (see the module
     docstring). ``base_url`` is the OpenAI API root; ``model`` the name to send in requests."""
 
+    what = "judge server"
+    error: type[GrpokitError] = JudgeError
+
     def __init__(self, model_dir: str | Path, device: str = "cpu", log_path: str | Path | None = None,
                  startup_timeout_s: float = 180.0):
         self.model_dir = Path(model_dir)
@@ -102,7 +107,7 @@ class ModelServer:
     def start(self) -> None:
         """Start the process and wait until it is healthy; on failure it is stopped and the
         error quotes its log."""
-        check_servable(self.model_dir)
+        self.check()
         if self._log_path is None:
             handle, name = tempfile.mkstemp(prefix="grpokit-serve-", suffix=".log")
             os.close(handle)
@@ -111,7 +116,7 @@ class ModelServer:
         self.port = free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         with open(self._log_path, "w") as log:
-            self._process = subprocess.Popen(serve_command(self.model_dir, self.port, self.device), stdout=log,
+            self._process = subprocess.Popen(self.command(), stdout=log,
                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
@@ -120,11 +125,18 @@ class ModelServer:
             self.stop()
             raise
 
+    def check(self) -> None:
+        """Fail before starting anything when the model cannot be served."""
+        check_servable(self.model_dir)
+
+    def command(self) -> list[str]:
+        return serve_command(self.model_dir, self.port, self.device)
+
     def _wait_until_healthy(self) -> None:
         started = time.monotonic()
         while time.monotonic() - started < self.startup_timeout_s:
             if self._process.poll() is not None:
-                raise JudgeError(f"judge server for {self.model_dir} exited with code {self._process.returncode} "
+                raise self.error(f"{self.what} for {self.model_dir} exited with code {self._process.returncode} "
                                  f"before it was healthy; the end of its log ({self._log_path}):\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
@@ -133,7 +145,7 @@ class ModelServer:
             except OSError:
                 pass
             time.sleep(POLL_SECONDS)
-        raise JudgeError(f"judge server for {self.model_dir} not healthy after {self.startup_timeout_s:.0f} s; "
+        raise self.error(f"{self.what} for {self.model_dir} not healthy after {self.startup_timeout_s:.0f} s; "
                          f"the end of its log ({self._log_path}):\n{self.log_tail()}")
 
     def alive(self) -> bool:
@@ -159,3 +171,37 @@ class ModelServer:
             return self._log_path.read_text(errors="replace")[-_LOG_TAIL_CHARS:]
         except OSError:
             return "(no log)"
+
+
+class RolloutServer(ModelServer):
+    """``grpokit serve-rollouts`` for one model directory on a free loopback port, run by
+    ``python`` (a virtualenv with vLLM; by default this one); ``root_url`` is what
+    ``rollout.server_url`` takes::
+
+        with RolloutServer("runs/sft/model", python=".venv-vllm/bin/python") as server:
+            GRPOConfig(rollout={"engine": "vllm", "vllm_mode": "server", "server_url": server.root_url})
+    """
+
+    what = "rollout server"
+    error = RolloutEngineError
+
+    def __init__(self, model_dir: str | Path, python: str | Path = sys.executable, gpu_memory_utilization: float = 0.9,
+                 max_model_len: int | None = None, dtype: str = "auto", log_path: str | Path | None = None,
+                 startup_timeout_s: float = 300.0):
+        super().__init__(model_dir, log_path=log_path, startup_timeout_s=startup_timeout_s)
+        self.python, self.dtype = str(python), dtype
+        self.gpu_memory_utilization, self.max_model_len = gpu_memory_utilization, max_model_len
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def check(self) -> None:
+        if not (self.model_dir / "config.json").is_file():
+            raise RolloutEngineError(f"rollout server: {self.model_dir} is not a model directory (no config.json)")
+
+    def command(self) -> list[str]:
+        command = [self.python, "-m", "grpokit.cli", "serve-rollouts", str(self.model_dir), "--port", str(self.port),
+                   "--gpu-memory-utilization", str(self.gpu_memory_utilization), "--dtype", self.dtype]
+        return command + (["--max-model-len", str(self.max_model_len)] if self.max_model_len else [])
+
