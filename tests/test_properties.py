@@ -269,5 +269,6 @@ def test_any_nested_mapping_gives_a_config_or_a_config_error(config_file, tree):
 @given(overrides=st.lists(override, max_size=3))
 @example(overrides=['grpo.beta="'])  # a value that is not YAML
 @example(overrides=["grpo.beta=1" + "0" * 4300])  # an integer PyYAML cannot read
+@example(overrides=["action=[]", "action.action="])  # a key set inside a list
 def test_any_dotted_overrides_give_a_config_or_a_config_error(overrides):
     load_or_config_error(None, overrides)

@@ -33,6 +33,9 @@ def apply_override(tree: dict, dotted: str) -> Location:
     for key in parents:
         node, step = _child(node, key, dotted)
         location.append(step)
+    if isinstance(node, list):
+        raise ConfigError(f"override {dotted!r}: {'.'.join(parents)!r} is a list; a value goes in one of its "
+                          f"entries, named by the entry's name (e.g. pipeline.stages.sft.overrides...)")
     try:
         node[leaf] = yaml.safe_load(raw)
     except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer past 4,300 digits
