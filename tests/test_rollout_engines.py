@@ -158,3 +158,32 @@ def test_a_rollout_server_without_vllm_quotes_its_log(tmp_path):
     with pytest.raises(RolloutEngineError, match="exited with code 2 before it was healthy(.|\n)*install_vllm_cpu.sh"):
         server.start()
     assert not server.alive()
+
+
+def test_async_rollouts_resume_from_a_synchronous_checkpoint(tmp_path, caplog):
+    """The checkpoint holds no batches sampled ahead: the missing step is sampled with its weights."""
+    out = tmp_path / "run"
+    grpo(out, max_steps=4, save_steps=2).train(show_progress=False)
+    with caplog.at_level("WARNING", logger="grpokit"):
+        grpo(out, max_steps=4, save_steps=2, rollout={"max_staleness": 1}).train(
+            show_progress=False, resume_from_checkpoint=out / "checkpoint-2")
+    assert "sampled with the checkpoint's weights" in caplog.text
+    lines = logged(out)
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    assert [line["rollout/policy_version"] for line in lines[2:]] == [2, 2]
+
+
+def test_a_producer_error_surfaces_when_its_batch_is_asked_for():
+    from grpokit.trainers.async_rollouts import AsyncRollouts
+
+    def sample_rows(step):
+        if step == 2:
+            raise RuntimeError("the engine died at step 2")
+        return [{"_index": step}], None
+
+    producer = AsyncRollouts(sample_rows, lambda weights, version: None, max_staleness=2, first_step=0, last_step=5)
+    producer.publish(0, [])
+    assert [producer.take(step).step for step in (0, 1)] == [0, 1]  # sampled before the failure
+    with pytest.raises(RuntimeError, match="died at step 2"):
+        producer.take(2)
+    producer.close()

@@ -15,14 +15,17 @@ from grpokit.models.for_training import is_peft
 _PEFT_PREFIX = "base_model.model."
 
 
-def base_name(peft_name: str) -> str:
-    """A LoRA-wrapped parameter's name in the base model.
+def base_name(peft_name: str, adapter: str = "default") -> str:
+    """A LoRA-wrapped parameter's name in the base model (a ``modules_to_save`` copy, which is
+    trained, takes the place of the module it copies).
 
     >>> base_name("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight")
     'model.layers.0.self_attn.q_proj.weight'
+    >>> base_name("base_model.model.lm_head.modules_to_save.default.weight")
+    'lm_head.weight'
     """
     name = peft_name.removeprefix(_PEFT_PREFIX)
-    return name.replace(".base_layer.", ".")
+    return name.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")
 
 
 @contextmanager
@@ -48,10 +51,10 @@ def _merged_lora_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     adapted = {f"{name}.base_layer.weight": module for name, module in model.named_modules()
                if isinstance(module, LoraLayer) and not module.merged}
     for name, tensor in model.state_dict().items():
-        if "lora_" in name:
+        if "lora_" in name or ".original_module." in name:  # adapters; what modules_to_save replaces
             continue
         module = adapted.get(name)
         if module is not None:
             tensor = tensor + sum(module.get_delta_weight(adapter) for adapter in module.active_adapters
                                   if adapter in module.lora_A)
-        yield base_name(name), tensor.detach()
+        yield base_name(name, model.active_adapter), tensor.detach()

@@ -2,7 +2,7 @@
 server, tokens and log-probs back, and the policy's weights pushed after every step.
 
 Weights go as one safetensors file in ``rollout.weights_dir`` (shared memory, ``/dev/shm``, by
-default): the trainer writes ``<dir>/grpokit-weights-<pid>/model.safetensors`` through a
+default): the trainer writes ``<dir>/grpokit-weights-<host>-<pid>/model.safetensors`` through a
 temporary name, then asks the server to load that directory as policy version v (the optimizer
 steps behind the weights). Under torchrun every rank sends its own prompts, naming the version
 it expects, and only rank 0 writes weights; the server holds a request until it has that
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -44,7 +46,7 @@ class RolloutServerClient:
         self.stop_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.pushes_weights, self.version = pushes_weights, None
         root = Path(rollout.weights_dir) if rollout.weights_dir else default_weights_dir()
-        self.weights_dir = root / f"grpokit-weights-{os.getpid()}"
+        self.weights_dir = root / f"grpokit-weights-{socket.gethostname()}-{os.getpid()}"
         self.server_model = self._call("GET", "/health")["model"]
 
     def sample(self, prompt_ids: list[list[int]], group_size: int, params: SamplingParams,
@@ -52,7 +54,8 @@ class RolloutServerClient:
         seeds = draw.seeds(len(prompt_ids) * group_size)
         body = {"prompt_ids": prompt_ids, "group_size": group_size, "seeds": seeds,
                 "max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
-                "top_k": params.top_k, "stop_token_id": self.stop_token_id, "policy_version": self.version}
+                "top_k": params.top_k, "stop_token_id": self.stop_token_id, "policy_version": self.version,
+                "wait_s": 0.9 * self.timeout}  # the server's answer comes before the socket gives up
         answer = self._call("POST", "/generate", body)
         return rollout_from_samples(prompt_ids, group_size, answer["completion_ids"], answer["logprobs"],
                                     answer["truncated"], self.pad_token_id)
@@ -69,11 +72,9 @@ class RolloutServerClient:
         self._call("POST", "/load_weights", {"path": str(self.weights_dir), "policy_version": self.version})
 
     def close(self) -> None:
+        """Remove the pushed weights (best effort: a shared filesystem may keep files busy)."""
         if self.pushes_weights:
-            for path in self.weights_dir.glob("model.safetensors*"):
-                path.unlink(missing_ok=True)
-            if self.weights_dir.is_dir():
-                self.weights_dir.rmdir()
+            shutil.rmtree(self.weights_dir, ignore_errors=True)
 
     def _call(self, method: str, route: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()

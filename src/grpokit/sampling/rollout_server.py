@@ -7,7 +7,7 @@ The server holds one ``vllm.LLM`` and answers three routes (JSON):
 - ``POST /generate``: ``{"prompt_ids": [[...]], "group_size": G, "seeds": [...], "max_new_tokens",
   "temperature", "top_p", "top_k", "stop_token_id", "policy_version"}`` → ``{"completion_ids",
   "logprobs", "truncated", "policy_version"}``, one seed and one completion per prompt × G; a
-  request naming a policy version waits (up to ``wait_s``) until the server has loaded it;
+  request naming a policy version waits (up to its ``wait_s``) until the server has loaded it;
 - ``POST /load_weights``: ``{"path": dir, "policy_version": v}``: the safetensors files in
   ``dir`` (the trainer's, written where both can see it, shared memory on one machine) become
   the weights, loaded in place by vLLM's ``reload_weights``.
@@ -42,6 +42,7 @@ class GenerateRequest(BaseModel):
     top_k: int = Field(ge=0)
     stop_token_id: int
     policy_version: int | None = None
+    wait_s: float = Field(600.0, gt=0)
 
 
 class LoadWeightsRequest(BaseModel):
@@ -49,7 +50,7 @@ class LoadWeightsRequest(BaseModel):
     policy_version: int = Field(ge=0)
 
 
-def create_app(llm, model: str, wait_s: float = 600.0):
+def create_app(llm, model: str):
     """The FastAPI app serving ``llm`` (see the module docstring)."""
     from fastapi import FastAPI, HTTPException
 
@@ -69,8 +70,8 @@ def create_app(llm, model: str, wait_s: float = 600.0):
         params = SamplingParams(request.max_new_tokens, request.temperature, request.top_p, request.top_k)
         wanted = request.policy_version
         with loaded:
-            if wanted is not None and not loaded.wait_for(lambda: state["policy_version"] == wanted, wait_s):
-                raise HTTPException(409, f"policy_version {wanted} was not loaded within {wait_s:.0f} s (the "
+            if wanted is not None and not loaded.wait_for(lambda: state["policy_version"] == wanted, request.wait_s):
+                raise HTTPException(409, f"policy_version {wanted} was not loaded within {request.wait_s:.0f} s (the "
                                          f"server has {state['policy_version']}); did rank 0 push its weights?")
             completions, logprobs, truncated = generate_lists(llm, request.prompt_ids, request.group_size, params,
                                                               request.seeds, request.stop_token_id)

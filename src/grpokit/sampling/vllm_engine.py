@@ -42,12 +42,14 @@ def import_vllm():
 
 def request_params(params: SamplingParams, seeds: list[int], stop_token_id: int) -> list:
     """One ``vllm.SamplingParams`` per completion, each with its own seed, stopping at
-    ``stop_token_id`` (kept in the output, as grpokit's sampler keeps EOS)."""
+    ``stop_token_id`` only (kept in the output, as grpokit's sampler keeps EOS): ``ignore_eos``
+    keeps vLLM from also stopping at the other end-of-turn ids a model's generation config may
+    list, which the trainer's own sampler would not stop at."""
     vllm = import_vllm()
     return [vllm.SamplingParams(n=1, seed=seed, max_tokens=params.max_new_tokens,
                                 temperature=params.temperature, top_p=params.top_p,
                                 top_k=params.top_k if params.top_k > 0 else -1,
-                                stop_token_ids=[stop_token_id], logprobs=0, detokenize=False)
+                                stop_token_ids=[stop_token_id], ignore_eos=True, logprobs=0, detokenize=False)
             for seed in seeds]
 
 

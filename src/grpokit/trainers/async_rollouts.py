@@ -8,12 +8,18 @@ sampled while step s trains. The version is fixed by the step, not by timing, so
 reproducible and its staleness is min(s, k) at step s; the trainer's importance-sampling
 correction (``tis_cap``) accounts for the lag.
 
-Exact resume: a checkpoint saves the batches sampled ahead of it (with their versions) along
-with the prompt stream and the generator as the producer left them. Saving rather than
-re-sampling is the choice here because a batch of step s + 1 needs the weights of step
-s + 1 - k, which the checkpoint at step s + 1 no longer holds. Before saving, the producer is
-held at a step boundary after it has sampled through step s + k, so the saved state is the
-same whatever the timing.
+Exact resume: a checkpoint saves the batches sampled ahead of it (their rows, by index, with
+their versions) along with the prompt stream and the generator as the producer left them.
+Saving rather than re-sampling is the choice here because a batch of step s + 1 needs the
+weights of step s + 1 - k, which the checkpoint at step s + 1 no longer holds. Before saving,
+the producer is held at a step boundary once it has sampled every batch that needs an older
+policy than the checkpoint's (through step s + k - 1 for the checkpoint after step s; it may
+also have sampled step s + k, which uses the checkpoint's own weights), so either way the saved
+state resumes exactly.
+
+A run that starts asynchronous rollouts from a checkpoint without those batches (a synchronous
+run's, or one resumed with a larger ``max_staleness``) samples the missing steps with the
+checkpoint's weights, the oldest it has, and says so.
 """
 
 from __future__ import annotations
@@ -37,14 +43,17 @@ class SampledBatch:
     seconds: float  # the sampling's own time
 
     def state_dict(self) -> dict:
+        """Tensors and plain numbers only (checkpoints load with ``weights_only``): the rows
+        by their index in the dataset."""
         rollout = {f.name: getattr(self.rollout, f.name) for f in fields(Rollout)}
-        return {"step": self.step, "policy_version": self.policy_version, "rows": self.rows,
-                "rollout": rollout, "seconds": self.seconds}
+        return {"step": self.step, "policy_version": self.policy_version,
+                "row_indices": [row["_index"] for row in self.rows], "rollout": rollout, "seconds": self.seconds}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "SampledBatch":
-        return cls(state["step"], state["policy_version"], state["rows"], Rollout(**state["rollout"]),
-                   state["seconds"])
+    def from_state_dict(cls, state: dict, rows: list[dict]) -> "SampledBatch":
+        """The batch of ``state``, its rows taken from the dataset ``rows``."""
+        picked = [{**rows[i], "_index": i} for i in state["row_indices"]]
+        return cls(state["step"], state["policy_version"], picked, Rollout(**state["rollout"]), state["seconds"])
 
 
 def policy_version(step: int, max_staleness: int) -> int:
@@ -68,7 +77,7 @@ class AsyncRollouts:
                  load: Callable[[list, int], None], max_staleness: int, first_step: int, last_step: int,
                  sampled: list[SampledBatch] = ()):
         self.sample_rows, self.load, self.max_staleness = sample_rows, load, max_staleness
-        self.last_step = last_step
+        self.first_version, self.last_step = first_step, last_step  # no older weights exist
         self.ready: list[SampledBatch] = list(sampled)
         self.next_step = first_step + len(self.ready)
         self.snapshots: dict[int, list] = {}
@@ -84,16 +93,23 @@ class AsyncRollouts:
         """The policy's weights after ``version`` optimizer steps (a copy the producer may load
         later), unless no batch still to be sampled needs them."""
         with self.changed:
-            if version >= policy_version(self.next_step, self.max_staleness) and self.next_step <= self.last_step:
+            if self.version_for(self.next_step) <= version <= self.version_for(self.last_step):
                 self.snapshots[version] = weights
             self.changed.notify_all()
 
+    def version_for(self, step: int) -> int:
+        """The policy version that samples ``step``: :func:`policy_version`, but never older
+        than the weights the producer started from."""
+        return max(policy_version(step, self.max_staleness), self.first_version)
+
     def take(self, step: int) -> SampledBatch:
-        """The batch of ``step``, waiting for the producer if it is not there yet."""
+        """The batch of ``step``, waiting for the producer if it is not there yet (a producer
+        error is raised only once the batch asked for cannot come)."""
         with self.changed:
             self.changed.wait_for(lambda: self.error is not None or any(b.step == step for b in self.ready))
-            self._raise()
-            batch = next(b for b in self.ready if b.step == step)
+            batch = next((b for b in self.ready if b.step == step), None)
+            if batch is None:
+                self._raise()
             self.ready.remove(batch)
             self.changed.notify_all()
             return batch
@@ -127,7 +143,7 @@ class AsyncRollouts:
             while True:
                 with self.changed:
                     step = self.next_step
-                    version = policy_version(step, self.max_staleness)
+                    version = self.version_for(step)
                     self.changed.wait_for(lambda: self.stopped or (
                         step <= self.limit and (version == self.loaded_version or version in self.snapshots)))
                     if self.stopped:

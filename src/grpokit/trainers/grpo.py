@@ -348,7 +348,8 @@ class GRPOTrainer(OnPolicyTrainer):
         per_token, stats = self.policy_loss(inputs, self.loss_settings)
         loss = (per_token * take(batch.weights)).sum()
         (loss * self.ranks.grad_scale).backward()
-        return {**stats, **mismatch_stats(old, sampler_logp, mask), "loss": loss.detach(),
+        # against this pass's forward: on the first pass the policy before the update
+        return {**stats, **mismatch_stats(logp.detach(), sampler_logp, mask), "loss": loss.detach(),
                 "entropy_sum": (entropy.detach() * mask).sum()}
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ thread (``grpokit.trainers.async_rollouts``).
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,6 +42,8 @@ from grpokit.sampling.sampler import Rollout, SamplingParams
 from grpokit.trainers.async_rollouts import AsyncRollouts, SampledBatch, staleness_metrics
 from grpokit.trainers.loop import TrainingLoop
 from grpokit.trainers.rollout_engines import build_rollout_engine, push_weights, snapshot_weights
+
+logger = logging.getLogger("grpokit")
 
 
 class OnPolicyTrainer(TrainingLoop):
@@ -156,6 +159,17 @@ class OnPolicyTrainer(TrainingLoop):
     def start_async_rollouts(self) -> None:
         """The producer thread, from this step on (after the batches a checkpoint held)."""
         engine, prompts = self.rollout_engine, self.args.prompts_per_step
+        expected = list(range(self.step_index, self.step_index + len(self.sampled_ahead)))
+        if [b.step for b in self.sampled_ahead] != expected:
+            logger.warning("%s: the checkpoint's batches sampled ahead are for steps %s, not %s; they are "
+                           "dropped and sampled again", self.stage, [b.step for b in self.sampled_ahead], expected)
+            self.sampled_ahead = []
+        missing = min(self.step_index + self.args.rollout.max_staleness, self.args.max_steps) - self.step_index
+        if self.step_index > 0 and len(self.sampled_ahead) < missing:
+            logger.warning("%s: resuming with rollout.max_staleness %d from a checkpoint that holds %d batches "
+                           "sampled ahead: steps %d-%d are sampled with the checkpoint's weights", self.stage,
+                           self.args.rollout.max_staleness, len(self.sampled_ahead),
+                           self.step_index + len(self.sampled_ahead), self.step_index + missing - 1)
 
         def sample_rows(step: int):
             rows = self.ranks.shard(self.stream.next_batch(prompts))
@@ -251,7 +265,12 @@ class OnPolicyTrainer(TrainingLoop):
 
     def load_trainer_state(self, state: dict) -> None:
         self.stream.load_state_dict(state["stream"])
-        self.sampled_ahead = [SampledBatch.from_state_dict(b) for b in state.get("sampled_ahead", [])]
+        self.sampled_ahead = [SampledBatch.from_state_dict(b, self.rows) for b in state.get("sampled_ahead", [])]
+        if self.sampled_ahead and self.args.rollout.max_staleness == 0:
+            logger.warning("%s: the checkpoint holds %d batches sampled ahead by asynchronous rollouts; with "
+                           "rollout.max_staleness 0 they are dropped and their prompts skipped", self.stage,
+                           len(self.sampled_ahead))
+            self.sampled_ahead = []
 
     def save_checkpoint(self):
         """With asynchronous rollouts the producer is first held once it has sampled every batch
