@@ -129,18 +129,16 @@ class OnPolicyTrainer(TrainingLoop):
             self.engine_version = self.step_index
             timings["weight_sync"] = time.perf_counter() - tic
         started = time.perf_counter()
-        rollout = engine.sample(self.prompts_of(rows), self.args.num_generations, self.sampling,
-                                self.random_draw(len(rows)))
+        rollout = self.engine_sample(rows)
         timings["generate"] = time.perf_counter() - started
         return rollout
 
-    def prompts_of(self, rows: list[dict]) -> list[list[int]]:
-        return [self.prompt_ids[r["_index"]] for r in rows]
-
-    def random_draw(self, rows: int) -> RandomDraw:
-        """This rank's share (``rows`` prompts) of the global batch's randomness."""
+    def engine_sample(self, rows: list[dict]) -> Rollout:
+        """The rollout engine's completions for this rank's ``rows``, with this rank's share of
+        the global batch's randomness."""
         group = self.args.num_generations
-        return RandomDraw(self.generator, self.args.prompts_per_step * group, self.ranks.row_offset(rows * group))
+        draw = RandomDraw(self.generator, self.args.prompts_per_step * group, self.ranks.row_offset(len(rows) * group))
+        return self.rollout_engine.sample([self.prompt_ids[r["_index"]] for r in rows], group, self.sampling, draw)
 
     def draw_and_sample(self, timings: dict) -> tuple[list[dict], Rollout, dict]:
         """This rank's rows of the next ``prompts_per_step`` prompts and their rollout, and the
@@ -158,7 +156,6 @@ class OnPolicyTrainer(TrainingLoop):
 
     def start_async_rollouts(self) -> None:
         """The producer thread, from this step on (after the batches a checkpoint held)."""
-        engine, prompts = self.rollout_engine, self.args.prompts_per_step
         expected = list(range(self.step_index, self.step_index + len(self.sampled_ahead)))
         if [b.step for b in self.sampled_ahead] != expected:
             logger.warning("%s: the checkpoint's batches sampled ahead are for steps %s, not %s; they are "
@@ -172,11 +169,10 @@ class OnPolicyTrainer(TrainingLoop):
                            self.step_index + len(self.sampled_ahead), self.step_index + missing - 1)
 
         def sample_rows(step: int):
-            rows = self.ranks.shard(self.stream.next_batch(prompts))
-            return rows, engine.sample(self.prompts_of(rows), self.args.num_generations, self.sampling,
-                                       self.random_draw(len(rows)))
+            rows = self.ranks.shard(self.stream.next_batch(self.args.prompts_per_step))
+            return rows, self.engine_sample(rows)
 
-        self.async_rollouts = AsyncRollouts(sample_rows, engine.load_weights, self.args.rollout.max_staleness,
+        self.async_rollouts = AsyncRollouts(sample_rows, self.rollout_engine.load_weights, self.args.rollout.max_staleness,
                                             self.step_index, self.args.max_steps - 1, self.sampled_ahead)
         self.sampled_ahead = []
         self.publish_weights()
